@@ -1,0 +1,5 @@
+import sys
+
+from usvlm.cli import main
+
+sys.exit(main())
