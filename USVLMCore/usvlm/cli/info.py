@@ -1,13 +1,50 @@
-"""usvlm info (placeholder: being written)."""
+"""usvlm info: what an image file holds (size, frames, colour, spacing and its source, field of view)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from usvlm.errors import USVLMError
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return sub.add_parser("info", help="(not yet available)")
+    p = sub.add_parser("info", help="describe an ultrasound image file",
+                       description="Describe ultrasound image files: DICOM (single frame or cine), "
+                                   "NRRD/NIfTI/MHA, PNG/JPEG/BMP/TIFF.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (a list of objects for several files)")
+    p.add_argument("--cine", action="store_true", help="read a 3D NRRD/NIfTI volume as cine frames")
+    p.add_argument("--spacing", type=_spacing_arg, metavar="X,Y",
+                   help="pixel spacing in mm to use instead of the file's")
+    return p
+
+
+def _spacing_arg(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("expected two numbers, e.g. 0.1,0.1") from exc
+    return x, y
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("usvlm info is not implemented yet")
+    from usvlm.io.describe import describe_image, format_description
+    from usvlm.io.readers import read_image
+
+    results, failed = [], 0
+    for path in args.files:
+        try:
+            results.append(describe_image(read_image(path, as_cine=args.cine, spacing_mm=args.spacing)))
+        except USVLMError as exc:
+            if len(args.files) == 1:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    if args.json:
+        print(json.dumps(results[0] if len(args.files) == 1 else results, indent=2))
+    else:
+        print("\n\n".join(format_description(d) for d in results))
+    return 2 if failed else 0

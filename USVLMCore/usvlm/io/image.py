@@ -9,8 +9,9 @@ import numpy as np
 
 from usvlm.io.geometry import Geometry
 
-# Where the pixel spacing came from. `image_header` is the spacing of a NRRD / NIfTI / MHA file.
-SpacingSource = Literal["ultrasound_region", "pixel_spacing", "imager_pixel_spacing", "image_header",
+# Where the pixel spacing came from. `image_header`: the spacing of a NRRD / NIfTI / MHA file;
+# `user`: given on the command line or by the caller.
+SpacingSource = Literal["ultrasound_region", "pixel_spacing", "imager_pixel_spacing", "image_header", "user",
                         "none"]
 FieldOfViewSource = Literal["ultrasound_region", "estimated", "full_image"]
 

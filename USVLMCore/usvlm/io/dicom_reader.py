@@ -1,0 +1,239 @@
+"""Ultrasound DICOM reader (pydicom): single frames and cine loops, every US photometric.
+
+Spacing comes, in this order of trust, from the Sequence of Ultrasound Regions (the scanner's
+calibration of the B-mode area), Pixel Spacing, Imager Pixel Spacing, or nothing (1 mm, flagged as
+uncalibrated). Messages never include patient attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from usvlm.errors import InputError
+from usvlm.io.geometry import PLAUSIBLE_SPACING_MM, Geometry
+from usvlm.io.image import ImageInfo, SpacingSource, UltrasoundRegion, USImage
+from usvlm.io.limits import check_frame_size, check_pixel_bytes
+
+# Modalities whose multi-frame objects are 3D volumes, not cine loops.
+VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
+SUPPORTED_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
+                          "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
+CM_TO_MM = 10.0
+
+
+def read_dicom(path: str | Path) -> USImage:
+    path = Path(path)
+    ds = _read_dataset(path)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    modality = str(ds.get("Modality", "")) or None
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    _check_header(path, ds, rows, columns, frames, modality, photometric)
+
+    pixels = _decode(path, ds, photometric)
+    # pydicom returns (H, W[, 3]) for one frame and (T, H, W[, 3]) for several.
+    is_rgb = pixels.ndim == (4 if frames > 1 else 3)
+
+    info = ImageInfo(path=str(path), format="dicom", modality=modality,
+                     photometric=photometric,
+                     transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")) or None,
+                     frame_time_ms=_frame_time_ms(ds), dicom_header=_header_only(ds))
+    info.regions = _regions(ds)
+    spacing, source, calibrated = _spacing(path, ds, info)
+    info.spacing_source = source
+    _set_field_of_view(info, rows, columns)
+    geometry = _geometry(ds, spacing, calibrated)
+    return USImage(pixels=pixels, geometry=geometry, info=info, is_rgb=is_rgb, is_cine=frames > 1)
+
+
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, force=False)
+    except InvalidDicomError:
+        # Files without the 128-byte preamble are still common; accept them only if they parse
+        # into something with pixel attributes.
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file for the user
+            raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from exc
+        if "Rows" not in ds:
+            raise InputError(path, "not a DICOM file (no DICOM preamble and no image attributes)")
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(path, f"truncated or corrupt DICOM file ({type(exc).__name__})") from exc
+    return ds
+
+
+def _check_header(path: Path, ds: Dataset, rows: int, columns: int, frames: int,
+                  modality: str | None, photometric: str) -> None:
+    if "PixelData" not in ds:
+        kind = "" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else " (no pixel data)"
+        raise InputError(path, f"DICOM file holds no image{kind}; SOP class "
+                               f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}")
+    problem = check_frame_size(rows, columns)
+    if problem:
+        raise InputError(path, problem)
+    if frames < 1:
+        raise InputError(path, f"NumberOfFrames is {frames}")
+    if modality in VOLUME_MODALITIES and frames > 1:
+        raise InputError(path, f"a 3D {modality} volume of {frames} slices, not 2D ultrasound")
+    if photometric not in SUPPORTED_PHOTOMETRICS:
+        raise InputError(path, f"unsupported photometric interpretation {photometric!r}")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    if samples not in (1, 3) or bits not in (1, 8, 16, 32):
+        raise InputError(path, f"unsupported pixel layout: SamplesPerPixel {samples}, BitsAllocated {bits}")
+    out_samples = 3 if photometric == "PALETTE COLOR" else samples
+    problem = check_pixel_bytes(rows * columns * frames * out_samples * max(bits // 8, 1))
+    if problem:
+        raise InputError(path, problem)
+    if not ds.file_meta.get("TransferSyntaxUID", None) or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    expected = rows * columns * frames * samples * bits // 8
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise InputError(path, f"pixel data has {actual} bytes, {rows} x {columns} x {frames} frames "
+                               f"x {samples} samples need {expected}")
+
+
+def _decode(path: Path, ds: Dataset, photometric: str) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # pydicom converts YBR_* to RGB (the default of its pixel handlers).
+            pixels = ds.pixel_array
+            if photometric == "PALETTE COLOR":
+                pixels = apply_color_lut(pixels, ds)
+                pixels = _palette_to_8bit(pixels, ds)
+    except NotImplementedError as exc:
+        raise InputError(path, f"cannot decode transfer syntax "
+                               f"{ds.file_meta.TransferSyntaxUID.name}: {exc}") from exc
+    except (ValueError, RuntimeError, KeyError, AttributeError, TypeError, IndexError) as exc:
+        raise InputError(path, f"pixel data cannot be decoded ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:120]})") from exc
+    if photometric == "MONOCHROME1":
+        pixels = pixels.max() - pixels if np.issubdtype(pixels.dtype, np.unsignedinteger) else -pixels
+    if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
+        raise InputError(path, "pixel data holds NaN or infinite values")
+    return np.ascontiguousarray(pixels)
+
+
+def _palette_to_8bit(rgb: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Ultrasound palettes are 8-bit colours. LUTs declared 16-bit usually hold them in the high
+    byte, but some writers (and byte-swapped copies) store plain 0-255 values in 16-bit entries:
+    scale only when values actually exceed 8 bits."""
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+    if descriptor is not None and int(descriptor[2]) == 16 and rgb.max(initial=0) > 255:
+        return (rgb >> 8).astype(np.uint8)
+    return rgb.astype(np.uint8) if rgb.max(initial=0) <= 255 else rgb
+
+
+def _header_only(ds: Dataset) -> Dataset:
+    header = copy.copy(ds)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in header:
+            del header[keyword]
+    header.file_meta = copy.deepcopy(ds.file_meta)
+    return header
+
+
+def _regions(ds: Dataset) -> list[UltrasoundRegion]:
+    regions = []
+    for item in ds.get("SequenceOfUltrasoundRegions", []):
+        try:
+            regions.append(UltrasoundRegion(
+                x0=int(item.RegionLocationMinX0), y0=int(item.RegionLocationMinY0),
+                x1=int(item.RegionLocationMaxX1), y1=int(item.RegionLocationMaxY1),
+                spatial_format=int(item.get("RegionSpatialFormat", 0) or 0),
+                data_type=int(item.get("RegionDataType", 0) or 0),
+                units_x=int(item.get("PhysicalUnitsXDirection", 0) or 0),
+                units_y=int(item.get("PhysicalUnitsYDirection", 0) or 0),
+                delta_x=float(item.get("PhysicalDeltaX", 0.0) or 0.0),
+                delta_y=float(item.get("PhysicalDeltaY", 0.0) or 0.0)))
+        except (AttributeError, TypeError, ValueError):
+            continue  # an incomplete region item carries no usable calibration
+    return regions
+
+
+def tissue_region(regions: list[UltrasoundRegion], rows: int, columns: int) -> UltrasoundRegion | None:
+    """The 2D tissue region with cm units; the largest visible one when there are several."""
+    candidates = [r for r in regions if r.is_2d_tissue_in_cm]
+
+    def visible_area(r: UltrasoundRegion) -> int:
+        w = min(r.x1, columns - 1) - max(r.x0, 0) + 1
+        h = min(r.y1, rows - 1) - max(r.y0, 0) + 1
+        return max(w, 0) * max(h, 0)
+
+    return max(candidates, key=visible_area, default=None)
+
+
+def _spacing(path: Path, ds: Dataset, info: ImageInfo) -> tuple[tuple[float, float], SpacingSource, bool]:
+    region = tissue_region(info.regions, int(ds.Rows), int(ds.Columns))
+    found: tuple[float, float] | None = None
+    source: SpacingSource = "none"
+    if region is not None:
+        found, source = (region.delta_x * CM_TO_MM, region.delta_y * CM_TO_MM), "ultrasound_region"
+    else:
+        for keyword, name in (("PixelSpacing", "pixel_spacing"), ("ImagerPixelSpacing", "imager_pixel_spacing")):
+            value = ds.get(keyword)
+            if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+                # DICOM gives (row spacing, column spacing) = (y, x).
+                found, source = (float(value[1]), float(value[0])), name  # type: ignore[assignment]
+                break
+    if found is None:
+        info.warnings.append("no pixel spacing in the file: sizes are in pixels, not calibrated (1 mm assumed)")
+        return (1.0, 1.0), "none", False
+    low, high = PLAUSIBLE_SPACING_MM
+    if not all(low <= s <= high for s in found):
+        raise InputError(path, f"implausible pixel spacing {found[0]:.6g} x {found[1]:.6g} mm "
+                               f"(from {source}); expected {low}-{high} mm")
+    return found, source, True
+
+
+def _set_field_of_view(info: ImageInfo, rows: int, columns: int) -> None:
+    region = tissue_region(info.regions, rows, columns)
+    if region is None:
+        return
+    x0, y0 = max(region.x0, 0), max(region.y0, 0)
+    x1, y1 = min(region.x1, columns - 1), min(region.y1, rows - 1)
+    if x1 < x0 or y1 < y0:
+        info.warnings.append("the ultrasound region lies outside the image; field of view unknown")
+        return
+    if (x0, y0, x1, y1) != (region.x0, region.y0, region.x1, region.y1):
+        info.warnings.append(
+            f"ultrasound region [{region.x0}, {region.y0}, {region.x1}, {region.y1}] extends beyond "
+            f"the {columns} x {rows} image; clipped to [{x0}, {y0}, {x1}, {y1}]")
+    info.field_of_view = (x0, y0, x1, y1)
+    info.field_of_view_source = "ultrasound_region"
+
+
+def _frame_time_ms(ds: Dataset) -> float | None:
+    value = ds.get("FrameTime")
+    if value is None and ds.get("FrameTimeVector"):
+        vector = [float(v) for v in ds.FrameTimeVector[1:]]
+        value = sum(vector) / len(vector) if vector else None
+    try:
+        return float(value) if value is not None and float(value) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _geometry(ds: Dataset, spacing: tuple[float, float], calibrated: bool) -> Geometry:
+    """Image plane from ImagePositionPatient/ImageOrientationPatient when given, else ITK's default."""
+    position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if position is not None and orientation is not None and len(position) == 3 and len(orientation) == 6:
+        row_dir = np.asarray(orientation[:3], dtype=float)
+        col_dir = np.asarray(orientation[3:], dtype=float)
+        normal = np.cross(row_dir, col_dir)
+        if np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+            return Geometry.from_lps((spacing[0], spacing[1], 1.0), position,
+                                     np.column_stack([row_dir, col_dir, normal]), calibrated=calibrated)
+    return Geometry.for_pixels(spacing[0], spacing[1], calibrated=calibrated)

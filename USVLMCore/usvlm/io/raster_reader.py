@@ -1,0 +1,89 @@
+"""PNG / JPEG / BMP / TIFF reader (scikit-image). Such files carry no calibration: spacing is
+1 mm and flagged as uncalibrated unless the caller gives it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import skimage.io
+
+from usvlm.errors import InputError
+from usvlm.io.geometry import Geometry
+from usvlm.io.image import ImageInfo, USImage
+from usvlm.io.limits import check_frame_size, check_pixel_bytes
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Decompression-bomb guard: refuse before decoding when the header claims more than this.
+_MAX_PIXELS = 16384 * 16384
+
+
+def read_raster(path: str | Path) -> USImage:
+    path = Path(path)
+    _check_header_size(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = np.asarray(skimage.io.imread(path))
+    except Exception as exc:  # noqa: BLE001 - imageio/PIL raise many types for corrupt files
+        raise InputError(path, f"cannot decode image ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:120] if str(exc) else 'corrupt file'})") from exc
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * 255
+    is_cine = False
+    if pixels.ndim == 3 and pixels.shape[-1] in (2, 4):
+        pixels = _drop_opaque_alpha(path, pixels)
+    elif pixels.ndim == 3 and pixels.shape[-1] != 3:
+        is_cine = path.suffix.lower() in (".tif", ".tiff")  # multi-page TIFF: frames
+        if not is_cine:
+            raise InputError(path, f"unexpected image shape {pixels.shape}")
+    elif pixels.ndim == 4 and pixels.shape[-1] == 3:
+        is_cine = True
+    elif pixels.ndim not in (2, 3):
+        raise InputError(path, f"unexpected image shape {pixels.shape}")
+    is_rgb = pixels.shape[-1] == 3 and pixels.ndim == 3 + int(is_cine)
+    rows, cols = pixels.shape[int(is_cine):int(is_cine) + 2]
+    problem = check_frame_size(rows, cols)
+    if problem:
+        raise InputError(path, problem)
+    if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
+        raise InputError(path, "pixel data holds NaN or infinite values")
+    info = ImageInfo(path=str(path), format=path.suffix.lower().lstrip("."), spacing_source="none",
+                     photometric="RGB" if is_rgb else "MONOCHROME2",
+                     warnings=["no pixel spacing in the file: sizes are in pixels, not calibrated "
+                               "(1 mm assumed)"])
+    return USImage(pixels=np.ascontiguousarray(pixels), geometry=Geometry.for_pixels(1.0, 1.0, calibrated=False),
+                   info=info, is_rgb=is_rgb, is_cine=is_cine)
+
+
+def _drop_opaque_alpha(path: Path, pixels: np.ndarray) -> np.ndarray:
+    """Screenshots often carry a fully opaque alpha channel; transparency means a composited
+    graphic, not an ultrasound image, and is refused."""
+    alpha = pixels[..., -1]
+    opaque = np.iinfo(pixels.dtype).max if np.issubdtype(pixels.dtype, np.integer) else 1.0
+    if not np.all(alpha == opaque):
+        raise InputError(path, f"{pixels.shape[-1]}-channel image with transparency; expected a grey "
+                               "or RGB ultrasound image")
+    colour = pixels[..., :-1]
+    return colour[..., 0] if colour.shape[-1] == 1 else colour
+
+
+def _check_header_size(path: Path) -> None:
+    """Read only the header (PIL is lazy) so a 20000 x 20000 claim is refused before decoding."""
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL comes with scikit-image's imageio
+        return
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            frames = getattr(im, "n_frames", 1)
+    except Exception:  # noqa: BLE001 - let the full decoder produce the precise error
+        return
+    problem = check_frame_size(height, width)
+    if problem:
+        raise InputError(path, problem)
+    problem = check_pixel_bytes(width * height * frames * 3)
+    if problem or width * height > _MAX_PIXELS:
+        raise InputError(path, problem or f"image of {width} x {height} pixels is too large")

@@ -1,0 +1,1 @@
+"""Slicer-side helpers of the USVLMSegment module (scene <-> arrays, dependency install)."""
