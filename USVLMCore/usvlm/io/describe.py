@@ -19,7 +19,7 @@ def describe_image(image: USImage, *, estimate_field_of_view: bool = True) -> di
         from usvlm.preprocess import detect_field_of_view
 
         detected = detect_field_of_view(image)
-        fov, fov_source = tuple(int(v) for v in detected.bbox), detected.source
+        fov, fov_source = tuple(int(v) for v in detected.box), detected.source
     if fov is None:
         fov, fov_source = (0, 0, image.columns - 1, image.rows - 1), "full_image"
     return {
