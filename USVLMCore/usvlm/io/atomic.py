@@ -15,6 +15,13 @@ from pathlib import Path
 from usvlm.errors import OutputError
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; outputs should get the permissions any new file would get.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _temp_suffix(target: Path) -> str:
     # Keep the full multi-part suffix (".seg.nrrd", ".nii.gz") so libraries that pick the format
     # from the file name write the right thing into the temporary file.
@@ -40,6 +47,7 @@ def atomic_output(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OutputError(target, "writer produced no data")
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
