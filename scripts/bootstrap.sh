@@ -13,8 +13,11 @@ stamp="$VENV/.usvlm-installed"
 want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[usvlm] installing dependencies (torch==2.14.1, torchvision==0.29.1, usvlm[test])"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+  # (pip's notes about this machine's local index folders are noise: filter them out)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" \
+    2> >(grep -v "^WARNING: Location" >&2)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" \
+    2> >(grep -v "^WARNING: Location" >&2)
   echo "$want" > "$stamp"
 fi
 # dciodvfy (dicom3tools) validates the DICOM SEG files the tests write.
