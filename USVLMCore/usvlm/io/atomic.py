@@ -52,3 +52,59 @@ def atomic_output(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+class AtomicGroup:
+    """Several outputs that appear together or not at all (a .seg.nrrd with its DICOM SEG,
+    overlay and JSON): each file is written to a temporary path; `commit` renames them all.
+
+        with AtomicGroup() as group:
+            write_seg_nrrd(group.path(out / "a.seg.nrrd"), ...)
+            write_dicom_seg(group.path(out / "a.dcm"), ...)
+        # both exist now, or (after an exception) neither
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        target = Path(target)
+        folder = target.parent if str(target.parent) else Path(".")
+        if not folder.is_dir():
+            raise OutputError(target, f"output folder {folder} does not exist")
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + _temp_suffix(target),
+                                        dir=folder)
+        os.close(fd)
+        os.unlink(tmp_name)  # writers create it (some refuse to overwrite an existing file)
+        self._pending.append((Path(tmp_name), target))
+        return Path(tmp_name)
+
+    def commit(self) -> list[Path]:
+        for tmp, target in self._pending:
+            if not tmp.exists():
+                raise OutputError(target, "writer produced no file")
+        mode = _default_file_mode()
+        for tmp, target in self._pending:
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        done = [target for _, target in self._pending]
+        self._pending.clear()
+        return done
+
+    def abort(self) -> None:
+        for tmp, _ in self._pending:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._pending.clear()
+
+    def __enter__(self) -> "AtomicGroup":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc_type is None:
+            try:
+                self.commit()
+            finally:
+                self.abort()
+        else:
+            self.abort()

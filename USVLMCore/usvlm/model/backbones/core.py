@@ -98,6 +98,7 @@ class Backbone(nn.Module):
         self.text = TextTower(model, tokenizer, self.embed_dim)
         self.frozen = False
         self.adapter_config: Any = None  # set by usvlm.model.adapters.inject_adapters
+        self.weights_path: Path | None = None  # the weights file it was built from (None: random)
         self.eval()  # like a pretrained model from a hub: no dropout until training asks for it
 
     # -- geometry -------------------------------------------------------------------------------
@@ -413,7 +414,11 @@ def build_backbone(model: str | Mapping[str, Any], pretrained: str | os.PathLike
         nn.init.orthogonal_(text.proj.weight)
     name = model if isinstance(model, str) else "config"
     log.info("backbone %s: weights from %s", name, source.checkpoint or "random initialisation")
-    return Backbone(clip, tokenizer, name=name, model_cfg=source.model_cfg, level_indices=level_indices)
+    backbone = Backbone(clip, tokenizer, name=name, model_cfg=source.model_cfg,
+                        level_indices=level_indices)
+    # Checkpoints record (and verify) the sha256 of externally resolved weights.
+    backbone.weights_path = source.checkpoint
+    return backbone
 
 
 def load_local_dir(path: str | os.PathLike[str], **kwargs: Any) -> Backbone:

@@ -49,7 +49,16 @@ class TextTower:
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:
         device = next(self._model.parameters()).device
-        return F.normalize(self._model.encode_text(tokens.to(device)).float(), dim=-1)
+        tokens = tokens.to(device)
+        if self.is_hf:
+            # Trailing all-padding columns change nothing (the encoder masks padding) but cost
+            # most of the time: a prompt is a few tokens in a context of 77.
+            features = self._model.encode_text(tokens[:, :_used_length(tokens)])
+        elif _can_trim_clip_text(self._model):
+            features = _encode_trimmed_clip_text(self._model, tokens)
+        else:
+            features = self._model.encode_text(tokens)
+        return F.normalize(features.float(), dim=-1)
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -58,3 +67,37 @@ class TextTower:
         chunks = [self.encode_tokens(self.tokenize(texts[i:i + self.batch_size]))
                   for i in range(0, len(texts), self.batch_size)]
         return torch.cat(chunks)
+
+
+PAD_ID = 0  # open_clip's SimpleTokenizer and BERT tokenizers both pad with id 0
+
+
+def _used_length(tokens: Tensor) -> int:
+    """Columns up to the last non-padding token of any row (at least 1)."""
+    used = (tokens != PAD_ID).any(dim=0).nonzero()
+    return int(used.max()) + 1 if used.numel() else 1
+
+
+def _can_trim_clip_text(model: nn.Module) -> bool:
+    """open_clip's CLIP text path with a causal mask and EOT pooling: tokens after the EOT token
+    cannot influence it, so the padding can be cut off exactly."""
+    return (hasattr(model, "token_embedding") and hasattr(model, "positional_embedding")
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos"))
+
+
+def _encode_trimmed_clip_text(model: nn.Module, tokens: Tensor) -> Tensor:
+    """`CLIP.encode_text` on the used part of the context only (same result, far less work)."""
+    from open_clip.transformer import text_global_pool
+
+    length = _used_length(tokens)
+    text = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, text, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection

@@ -31,13 +31,17 @@ class SegHeadConfig(JsonConfig):
     out_size: int | list[int] | None = None
     decoder: str = "bilinear"
     patch_size: int = 16
+    # Channels of the fusion and upsampling decoder (at most `width`). The decoder runs once per
+    # prompt, so it must stay a small fraction of the image encoder: a new prompt on a cached
+    # image should cost a tenth of a full recompute or less.
+    decoder_width: int = 128
 
     def __post_init__(self) -> None:
         self.level_channels = [int(c) for c in self.level_channels]
         if not self.level_channels or min(self.level_channels) < 1:
             raise ValueError(f"level_channels must be positive, got {self.level_channels}")
-        if self.text_dim < 1 or self.width < 1:
-            raise ValueError("text_dim and width must be positive")
+        if self.text_dim < 1 or self.width < 1 or self.decoder_width < 1:
+            raise ValueError("text_dim, width and decoder_width must be positive")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
@@ -88,17 +92,21 @@ class TextConditionedSegHead(nn.Module):
 
     def __init__(self, level_channels: list[int], text_dim: int, width: int = 512,
                  out_size: int | tuple[int, int] | list[int] | None = None,
-                 decoder: str = "bilinear", patch_size: int = 16) -> None:
+                 decoder: str = "bilinear", patch_size: int = 16, decoder_width: int = 128) -> None:
         super().__init__()
         self.config = SegHeadConfig(list(level_channels), text_dim, width, out_size, decoder,
-                                    patch_size)
+                                    patch_size, decoder_width)
         cfg = self.config
+        dec = min(decoder_width, width)
         self.reducers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1), nn.GroupNorm(_groups(width), width))
             for c in cfg.level_channels)
         self.films = nn.ModuleList(FiLM(text_dim, width) for _ in cfg.level_channels)
-        self.fuse = nn.ModuleList(_conv_block(width, width) for _ in cfg.level_channels)
-        stages, ch = [], width
+        # Conditioned features go down to the decoder width before the (per-prompt) convolutions.
+        self.project = nn.ModuleList(nn.Conv2d(width, dec, 1) if dec != width else nn.Identity()
+                                     for _ in cfg.level_channels)
+        self.fuse = nn.ModuleList(_conv_block(dec, dec) for _ in cfg.level_channels)
+        stages, ch = [], dec
         for _ in range(int(math.log2(patch_size))):
             out = max(ch // 2, 8)
             up = (nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
@@ -127,9 +135,9 @@ class TextConditionedSegHead(nn.Module):
         p = text.shape[-2]
         text = text.to(reduced[0].dtype)
         # Deep to shallow: start from the deepest level, add each shallower one, refine.
-        x = self.fuse[-1](self.films[-1](reduced[-1], text))
+        x = self.fuse[-1](self.project[-1](self.films[-1](reduced[-1], text)))
         for i in range(len(reduced) - 2, -1, -1):
-            skip = self.films[i](reduced[i], text)
+            skip = self.project[i](self.films[i](reduced[i], text))
             if x.shape[-2:] != skip.shape[-2:]:
                 x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = self.fuse[i](x + skip)

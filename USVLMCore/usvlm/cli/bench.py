@@ -1,0 +1,41 @@
+"""usvlm bench: interactive-speed figures of the engine (cached vs naive paths) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="benchmark the engine (random-weight model)",
+                       description="Time first prompt, new prompt on a cached image, threshold change, "
+                                   "naive full recompute, cine batching and model loading.")
+    p.add_argument("--backbone", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
+    p.add_argument("--adapter", default="mona", choices=("none", "mona", "hybrid", "lora"))
+    p.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
+    p.add_argument("--frames", type=int, default=30, help="cine length (default 30)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", metavar="OUT.json", help="also write the figures as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from usvlm.bench import format_table, run_benchmark
+    from usvlm.errors import InputError
+    from usvlm.io.atomic import atomic_output
+
+    try:
+        columns, rows = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise InputError(None, f"--size must be WxH, e.g. 640x480, got {args.size!r}") from None
+    result = run_benchmark(args.backbone, rows=rows, columns=columns, cine_frames=args.frames,
+                           repeats=args.repeats, adapter=args.adapter, device=args.device,
+                           log=lambda m: print(m, file=sys.stderr))
+    print(format_table(result))
+    if args.json:
+        with atomic_output(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
