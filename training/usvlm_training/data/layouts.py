@@ -1,0 +1,292 @@
+"""Readers of the three data set layouts, and of split files and labels.csv.
+
+Each reader returns the samples it could build and a list of (where, problem) pairs; `where` is
+the sample id when a sample is bad, so `open_dataset` can skip exactly those or stop naming them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from usvlm.errors import InputError
+from usvlm.io import read_image, read_seg_nrrd
+from usvlm.io.itk_reader import ITK_SUFFIXES
+from usvlm.io.raster_reader import RASTER_SUFFIXES
+
+from ..phantom.dataset import split_ids
+from .samples import (SPLITS, Sample, Structure, class_from_segment_name, image_shape,
+                      malignancy_in_name, parse_malignancy, place)
+
+Problems = list[tuple[str, str]]
+_SUFFIXES = (".seg.nrrd", *ITK_SUFFIXES, *RASTER_SUFFIXES, ".dcm", ".dicom")
+
+
+@dataclass
+class ReadOptions:
+    class_map: dict[str, str] = field(default_factory=dict)
+    default_class: str = "lesion"
+    organ: str | None = None
+    spacing_mm: tuple[float, float] | None = None  # (row, column)
+    check_files: bool = True
+
+    def class_name(self, name: str) -> str:
+        """Mapped by the exact or the normalised name, else the normalised name."""
+        plain = class_from_segment_name(name)
+        return self.class_map.get(name, self.class_map.get(plain, plain))
+
+
+def strip_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in _SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def _image_files(folder: Path, where: str, problems: Problems) -> dict[str, Path]:
+    """id (file name without suffix) -> path, for the image files directly in `folder`.
+    Files without a suffix are taken as DICOM; hidden files and other suffixes are ignored."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        lower = path.name.lower()
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if not (lower.endswith(_SUFFIXES) or "." not in path.name):
+            continue
+        stem = strip_suffix(path.name)
+        if stem in found:
+            problems.append((stem, f"two files in {where}/ for one sample: {found[stem].name}, {path.name}"))
+        found[stem] = path
+    return found
+
+
+def _checked_shape(sample_id: str, image: Path, structures: Sequence[Structure],
+                   problems: Problems) -> tuple[int, int] | None:
+    """The image's (rows, columns), after checking every mask file has the same size."""
+    try:
+        shape = image_shape(image)
+        for st in structures:
+            if st.mask_path is not None and st.segment is None:
+                mask_shape = image_shape(st.mask_path)
+                if mask_shape != shape:
+                    problems.append((sample_id, f"mask {st.mask_path.name} is {mask_shape[1]} x "
+                                                f"{mask_shape[0]} pixels, the image {shape[1]} x {shape[0]}"))
+                    return None
+        return shape
+    except InputError as exc:
+        problems.append((sample_id, str(exc)))
+        return None
+
+
+# -- labels.csv and split files -----------------------------------------------------------------
+
+def _resolve(entry: str, ids: set[str]) -> str | None:
+    """The sample id a split or label file means by `entry` (an id, a file name, a relative path)."""
+    entry = entry.strip().replace("\\", "/")
+    for candidate in (entry, strip_suffix(entry), strip_suffix(entry.rsplit("/", 1)[-1])):
+        if candidate in ids:
+            return candidate
+    return None
+
+
+def read_labels(path: Path, ids: set[str]) -> tuple[dict[str, str], Problems]:
+    """labels.csv (columns image, label: benign / malignant or 0 / 1) -> id -> malignancy."""
+    if not path.is_file():
+        return {}, []
+    labels: dict[str, str] = {}
+    problems: Problems = []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if "image" not in columns or "label" not in columns:
+            raise InputError(path, f"needs the columns image and label, has {', '.join(columns) or 'none'}")
+        for line, row in enumerate(reader, start=2):
+            entry, value = row[columns["image"]] or "", row[columns["label"]] or ""
+            sample_id = _resolve(entry, ids)
+            if sample_id is None:
+                problems.append((f"{path.name} line {line}", f"no sample for image {entry!r}"))
+                continue
+            malignancy = parse_malignancy(value)
+            if malignancy is None:
+                problems.append((sample_id, f"{path.name} line {line}: label {value!r} is not "
+                                            "benign, malignant, 0 or 1"))
+                continue
+            labels[sample_id] = malignancy
+    return labels, problems
+
+
+def read_splits(root: Path, ids: Sequence[str], bad: set[str], seed: int, fractions: Sequence[float]
+                ) -> tuple[dict[str, list[str]], Problems, str]:
+    """train / val / test ids from train.txt, val.txt, test.txt (any present; one id or file name
+    a line, # comments), else a seeded split. Ids of samples already found bad are dropped."""
+    files = {name: root / f"{name}.txt" for name in SPLITS if (root / f"{name}.txt").is_file()}
+    if not files:
+        if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+            raise InputError(None, f"splits must be three fractions summing to 1, got {tuple(fractions)}")
+        return split_ids(list(ids), seed, fractions), [], "seeded"
+    known, problems = set(ids), []
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    member: dict[str, str] = {}
+    for name, path in files.items():
+        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            entry = text.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            sample_id = _resolve(entry, known) or _resolve(entry, bad)
+            if sample_id is None:
+                problems.append((f"{path.name} line {line}", f"unknown sample id {entry!r}"))
+            elif sample_id in bad:
+                continue
+            elif sample_id in member:
+                if member[sample_id] != name:  # the same sample in two splits leaks test data
+                    problems.append((sample_id, f"listed in both {member[sample_id]}.txt and {name}.txt"))
+            else:
+                member[sample_id] = name
+                splits[name].append(sample_id)
+    return splits, problems, "files"
+
+
+# -- the three layouts --------------------------------------------------------------------------
+
+def read_paper(root: Path, opt: ReadOptions) -> tuple[list[Sample], Problems]:
+    """images/<id>.<ext> with masks/<id>.<ext> (or <id>_mask.<ext>), optional labels.csv."""
+    problems: Problems = []
+    images = _image_files(root / "images", "images", problems)
+    masks = _image_files(root / "masks", "masks", problems)
+    labels, label_problems = read_labels(root / "labels.csv", set(images))
+    problems += label_problems
+    used: set[str] = set()
+    samples = []
+    for sample_id, image in images.items():
+        mask_id = sample_id if sample_id in masks else f"{sample_id}_mask"
+        if mask_id not in masks:
+            problems.append((sample_id, f"no mask masks/{sample_id}.* for images/{image.name}"))
+            continue
+        used.add(mask_id)
+        structure = Structure(opt.class_name(opt.default_class), mask_path=masks[mask_id],
+                              malignancy=labels.get(sample_id), name=opt.default_class)
+        shape = _checked_shape(sample_id, image, [structure], problems) if opt.check_files else None
+        samples.append(Sample(sample_id, image, (structure,), opt.spacing_mm, opt.organ, None, shape))
+    for mask_id in sorted(set(masks) - used):
+        problems.append((f"masks/{masks[mask_id].name}", "no image with this name in images/"))
+    return samples, problems
+
+
+def read_phantom(root: Path, opt: ReadOptions) -> tuple[list[Sample], Problems]:
+    """samples.jsonl of the phantom generator: one record per image, one mask per structure."""
+    problems: Problems = []
+    samples = []
+    lines = (root / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"samples.jsonl line {number}"
+        try:
+            record = json.loads(text)
+            sample_id = str(record["id"])
+            structures = tuple(Structure(
+                opt.class_name(s["class"]), mask_path=root / s["mask"], malignancy=s.get("malignancy"),
+                description=s.get("description"), name=s["class"]) for s in record["structures"])
+            spacing = record.get("spacing_mm")
+            spacing = opt.spacing_mm if spacing is None else tuple(np.broadcast_to(
+                np.asarray(spacing, dtype=float), (2,)).tolist())
+            image = root / record["image"]
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append((where, f"bad record ({type(exc).__name__}: {exc})"))
+            continue
+        shape = _checked_shape(sample_id, image, structures, problems) if opt.check_files else None
+        if shape is None and "rows" in record and "columns" in record:
+            shape = (int(record["rows"]), int(record["columns"]))
+        samples.append(Sample(sample_id, image, structures, spacing,  # type: ignore[arg-type]
+                              record.get("organ", opt.organ), record.get("probe"), shape))
+    return samples, problems
+
+
+def _find_image(seg: Path, stem: str) -> Path | list[Path] | None:
+    """The image beside `<stem>.seg.nrrd`: `<stem>.<image suffix>` or a suffix-less DICOM file."""
+    found = [p for p in seg.parent.iterdir()
+             if p.is_file() and p != seg and not p.name.lower().endswith(".seg.nrrd")
+             and (p.name == stem or (strip_suffix(p.name) == stem and p.name.lower().endswith(_SUFFIXES)))]
+    return found[0] if len(found) == 1 else (found or None)
+
+
+def _grid_offset(seg_geometry, image) -> tuple[int, int] | None:
+    """Where a segmentation grid starts on the image grid, when it is the same lattice."""
+    same = (np.allclose(seg_geometry.spacing[:2], image.geometry.spacing[:2], rtol=1e-4)
+            and np.allclose(seg_geometry.direction_matrix, image.geometry.direction_matrix, atol=1e-4))
+    if not same:
+        return None
+    i, j, _ = image.geometry.ras_to_ijk_points(np.asarray(seg_geometry.origin))[0]
+    if abs(i - round(i)) > 1e-3 or abs(j - round(j)) > 1e-3:
+        return None
+    return (int(round(j)), int(round(i)))
+
+
+def read_slicer(root: Path, opt: ReadOptions) -> tuple[list[Sample], Problems]:
+    """Every `<stem>.seg.nrrd` under `root` with its image `<stem>.<ext>` in the same folder; the
+    id is the path of the stem relative to `root`. Segments are the structures."""
+    problems: Problems = []
+    found = []
+    for seg in sorted(root.rglob("*.seg.nrrd")):
+        stem = seg.name[:-len(".seg.nrrd")]
+        sample_id = (seg.parent / stem).relative_to(root).as_posix()
+        image = _find_image(seg, stem)
+        if image is None or isinstance(image, list):
+            names = ", ".join(p.name for p in image or [])
+            what = f"several image files ({names})" if image else "no image file"
+            problems.append((sample_id, f"{what} for {seg.name}"))
+            continue
+        found.append((sample_id, seg, image))
+    labels, label_problems = read_labels(root / "labels.csv", {f[0] for f in found})
+    problems += label_problems
+    samples = []
+    for sample_id, seg, image_path in found:
+        try:
+            sample = _slicer_sample(sample_id, seg, image_path, labels.get(sample_id), opt)
+        except InputError as exc:
+            problems.append((sample_id, str(exc)))
+            continue
+        samples.append(sample)
+    return samples, problems
+
+
+def _slicer_sample(sample_id: str, seg: Path, image_path: Path, label: str | None,
+                   opt: ReadOptions) -> Sample:
+    image = read_image(image_path)
+    if image.is_cine:
+        raise InputError(image_path, f"image has {image.frames} frames; expected a single 2D image")
+    segmentation = read_seg_nrrd(seg)
+    if segmentation.is_cine:
+        raise InputError(seg, "segmentation has several frames; expected a single 2D image")
+    names = segmentation.names
+    if len(set(names)) != len(names):
+        raise InputError(seg, f"several segments share a name: {', '.join(names)}")
+    offset = (0, 0)
+    if segmentation.shape != image.frame_shape:
+        grid = _grid_offset(segmentation.geometry, image)
+        if grid is None:
+            raise InputError(seg, f"segmentation of {segmentation.shape[1]} x {segmentation.shape[0]} "
+                                  f"pixels is not on the grid of {image_path.name} "
+                                  f"({image.columns} x {image.rows} pixels)")
+        offset = grid
+    structures = []
+    for segment in segmentation.segments:
+        if segmentation.shape != image.frame_shape:
+            place(segment.mask, offset, image.frame_shape, seg)  # raises when it does not fit
+        structures.append(Structure(opt.class_name(segment.name), mask_path=seg, segment=segment.name,
+                                    malignancy=malignancy_in_name(segment.name) or label,
+                                    name=segment.name, offset=offset))
+    if image.geometry.calibrated and image.info.spacing_source != "none":
+        spacing = (image.geometry.spacing_y, image.geometry.spacing_x)
+    elif segmentation.geometry.spacing[:2] != (1.0, 1.0):  # calibrated by whoever wrote the .seg.nrrd
+        spacing = (segmentation.geometry.spacing_y, segmentation.geometry.spacing_x)
+    else:
+        spacing = opt.spacing_mm
+    return Sample(sample_id, image_path, tuple(structures), spacing, opt.organ, None, image.frame_shape)

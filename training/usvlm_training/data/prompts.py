@@ -1,0 +1,120 @@
+"""Prompt texts for a structure, drawn at random so the model learns language, not one label.
+
+A prompt refers to a set of structures in its image, and the training target is the union of
+their masks:
+- "class" prompts (the class name, a synonym, a prompt-bank entry for the class, in a template)
+  refer to every structure of that class: "lymph node" covers all three nodes of an image;
+- "finding" prompts (class qualified by malignancy: "malignant lymph node") and "description"
+  prompts (the structure's attribute description) refer to the structures of that class with
+  that malignancy.
+So one image with a cyst and a mass teaches that "cyst" is the cyst and not the mass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .samples import Structure, class_from_segment_name
+
+Kind = Literal["class", "finding", "description"]
+
+# A few synonyms per class; the full prompt banks (Resources/prompts/) come in as `bank_prompts`.
+# Synonyms stay specific to their class: "lesion" or "mass" alone would name several classes.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "cyst": ("cyst", "simple cyst", "anechoic cyst", "fluid-filled cyst"),
+    "benign mass": ("benign mass", "benign breast mass", "benign-appearing mass", "probably benign mass"),
+    "malignant mass": ("malignant mass", "malignant breast mass", "suspicious mass", "breast cancer"),
+    "lymph node": ("lymph node", "cervical lymph node", "neck lymph node", "node"),
+    "thyroid nodule": ("thyroid nodule", "nodule of the thyroid", "thyroid lesion"),
+    "lesion": ("lesion", "tumor", "mass", "abnormality"),
+}
+
+# Templates around class names; descriptions are used as they are.
+TEMPLATES: tuple[str, ...] = ("{}", "{}", "a {}", "the {}", "{} in the ultrasound image",
+                              "segment the {}", "ultrasound of a {}")
+
+DEFAULT_WEIGHTS: dict[Kind, float] = {"class": 0.5, "finding": 0.2, "description": 0.3}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    kind: Kind
+    class_name: str
+    malignancy: str | None = None
+
+    def refers_to(self, structure: Structure) -> bool:
+        """Whether the structure belongs to the prompt's target."""
+        if structure.class_name != self.class_name:
+            return False
+        return self.kind == "class" or structure.malignancy == self.malignancy
+
+
+def _key(name: str) -> str:
+    """Bank lookup key: case-folded, punctuation as spaces ("Thyroid-nodule" = "thyroid nodule")."""
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in name.casefold()).split())
+
+
+class PromptSampler:
+    """Seeded prompt choice for a structure.
+
+    bank_prompts: extra texts keyed by class name ("thyroid nodule") or finding
+    ("malignant thyroid nodule"), keys matched regardless of case and punctuation;
+    held_out: exact texts never produced (kept back for the paraphrase test);
+    weights: how often each kind is drawn (renormalised over the kinds a structure has).
+    """
+
+    def __init__(self, bank_prompts: Mapping[str, Sequence[str]] | None = None,
+                 held_out: Collection[str] = (), weights: Mapping[Kind, float] | None = None,
+                 templates: Sequence[str] = TEMPLATES) -> None:
+        self.bank = {_key(k): list(v) for k, v in (bank_prompts or {}).items()}
+        self.held_out = {t.strip().lower() for t in held_out}
+        self.weights = dict(weights or DEFAULT_WEIGHTS)
+        self.templates = tuple(templates)
+
+    @staticmethod
+    def canonical(structure: Structure) -> Prompt:
+        """The class name itself: the prompt evaluation uses."""
+        return Prompt(structure.class_name, "class", structure.class_name)
+
+    def candidates(self, structure: Structure) -> dict[Kind, list[Prompt]]:
+        """Every prompt the structure can be given, by kind (held-out texts removed)."""
+        cls, malignancy = structure.class_name, structure.malignancy
+        # the annotator's own word (before any class_map renaming) is a synonym too
+        own = [class_from_segment_name(structure.name)] if structure.name else []
+        names = [cls, *SYNONYMS.get(cls, ()), *own]
+        texts = {"class": [t.format(n) for n in dict.fromkeys(names) for t in self.templates]
+                 + self.bank.get(_key(cls), [])}
+        if malignancy is not None and structure.finding != cls:
+            texts["finding"] = [structure.finding, *self.bank.get(_key(structure.finding), [])]
+        if structure.description:
+            texts["description"] = [structure.description]
+        out: dict[Kind, list[Prompt]] = {}
+        for kind, options in texts.items():
+            keep = [t for t in dict.fromkeys(options) if t.strip().lower() not in self.held_out]
+            if keep:
+                qualifier = None if kind == "class" else malignancy
+                out[kind] = [Prompt(t, kind, cls, qualifier) for t in keep]  # type: ignore[arg-type]
+        return out
+
+    def sample(self, structure: Structure, rng: np.random.Generator,
+               weights: Mapping[Kind, float] | None = None) -> Prompt:
+        """One prompt: a kind by weight, then a text of that kind uniformly."""
+        options = self.candidates(structure)
+        weights = weights or self.weights
+        kinds = [k for k in options if weights.get(k, 0.0) > 0] or list(options)
+        if not kinds:  # everything held out: fall back to the bare class name
+            return self.canonical(structure)
+        p = np.array([max(weights.get(k, 0.0), 0.0) for k in kinds], dtype=float)
+        p = p / p.sum() if p.sum() > 0 else np.full(len(kinds), 1.0 / len(kinds))
+        kind = kinds[int(rng.choice(len(kinds), p=p))]
+        return options[kind][int(rng.integers(len(options[kind])))]
+
+
+def target_indices(prompt: Prompt, structures: Sequence[Structure]) -> list[int]:
+    """Indices of the structures the prompt refers to (their masks' union is the target)."""
+    return [i for i, s in enumerate(structures) if prompt.refers_to(s)]

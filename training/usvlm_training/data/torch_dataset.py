@@ -1,0 +1,172 @@
+"""torch data sets over `Sample`s, with the inference engine's own preprocessing.
+
+Images go through `usvlm.preprocess.prepare` (field of view, overlay suppression, letterbox), the
+very function the engine calls, so the model trains on what it will see; masks follow with the
+same letterbox transform. Random choices (prompt, augmentation) come from (seed, epoch, index):
+the same item is the same in any DataLoader worker and any DDP rank; `set_epoch` varies them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from usvlm.errors import InputError
+from usvlm.preprocess import PreparedImage, prepare
+
+from .augment import AugmentConfig, augment_image
+from .prompts import Kind, PromptSampler, target_indices
+from .samples import Sample, combined_label
+
+
+def prepare_sample(sample: Sample, size: int, *, with_masks: bool = True
+                   ) -> tuple[PreparedImage, np.ndarray, np.ndarray]:
+    """The model input of a sample: the prepared image, its structures' masks (N, S, S) bool in
+    model space (none unless `with_masks`) and the support (S, S) bool (field of view, without
+    the letterbox padding)."""
+    image = sample.load_image()
+    if image.is_cine:
+        raise InputError(sample.image_path, f"image has {image.frames} frames; training takes 2D images")
+    prepared = prepare(image, size)
+    masks = sample.load_masks() if with_masks else []
+    for structure, mask in zip(sample.structures, masks):
+        if mask.shape != image.frame_shape:
+            raise InputError(structure.mask_path or sample.image_path,
+                             f"mask of {mask.shape[1]} x {mask.shape[0]} pixels on an image of "
+                             f"{image.columns} x {image.rows} pixels")
+    forward = prepared.transform.forward
+    stack = np.stack(masks).astype(np.float32) if masks else np.zeros((0, *image.frame_shape), np.float32)
+    # bilinear (antialiased) then 0.5: the area-faithful way to shrink a binary mask
+    model_masks = forward(stack) >= 0.5 if len(stack) else np.zeros((0, size, size), bool)
+    support = forward(prepared.fov.mask.astype(np.float32)) >= 0.5
+    return prepared, model_masks, support
+
+
+def _spacing(sample: Sample) -> torch.Tensor:
+    return torch.tensor(sample.spacing_mm if sample.spacing_mm else (math.nan, math.nan), dtype=torch.float32)
+
+
+class _Base(Dataset):
+    def __init__(self, samples: Sequence[Sample], image_size: int, train: bool, seed: int,
+                 prompts: PromptSampler | None, augment_config: AugmentConfig | None) -> None:
+        if not samples:
+            raise InputError(None, "no samples: the data set or split is empty")
+        self.samples = list(samples)
+        self.image_size = int(image_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.prompts = prompts or PromptSampler()
+        self.augment_config = augment_config or AugmentConfig()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New prompts and augmentations each epoch (call it as for a DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if self.train else 0, index])
+
+    def _augment(self, pixels: np.ndarray, masks: np.ndarray, support: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if not self.train:
+            return pixels, masks
+        out = augment_image(pixels, masks, seed=rng, config=self.augment_config, support=support)
+        return out.image, out.masks
+
+
+class SegmentationDataset(_Base):
+    """Items (image, prompt, target mask, label), one per (image, structure class).
+
+    Training draws the prompt from one structure of the class (class name, synonym, bank,
+    finding or description) and the target is the union of the structures the prompt refers to;
+    evaluation (train=False) prompts with the class name, canonical and fixed, and no augmentation.
+    Item: image (1, S, S) float in [0, 1], mask (1, S, S) float {0, 1}, prompt str, label int
+    (0 benign, 1 malignant, -1 unknown), spacing (2,) mm (row, column; NaN if unknown), id str,
+    class_name str, prompt_kind str.
+    """
+
+    def __init__(self, samples: Sequence[Sample], image_size: int, train: bool, seed: int = 0, *,
+                 prompts: PromptSampler | None = None, augment_config: AugmentConfig | None = None,
+                 bank_prompts: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(samples, image_size, train, seed,
+                         prompts or PromptSampler(bank_prompts=bank_prompts), augment_config)
+        self.items = [(i, c) for i, s in enumerate(self.samples) for c in s.classes]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item_info(self, index: int) -> tuple[Sample, str]:
+        """The sample and structure class of item `index`."""
+        i, class_name = self.items[index]
+        return self.samples[i], class_name
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample, class_name = self.item_info(index)
+        rng = self._rng(index)
+        structures = sample.structures
+        group = [k for k, s in enumerate(structures) if s.class_name == class_name]
+        if self.train:
+            prompt = self.prompts.sample(structures[group[int(rng.integers(len(group)))]], rng)
+        else:
+            prompt = PromptSampler.canonical(structures[group[0]])
+        targets = target_indices(prompt, structures)
+        prepared, masks, support = prepare_sample(sample, self.image_size)
+        target = masks[targets].any(axis=0, keepdims=True)
+        image, target = self._augment(prepared.pixels[:1], target, support, rng)
+        return {"image": torch.as_tensor(np.asarray(image, np.float32)),
+                "mask": torch.as_tensor(np.asarray(target, np.float32)),
+                "prompt": prompt.text, "label": combined_label([structures[k] for k in targets]),
+                "spacing": _spacing(sample), "id": sample.id, "class_name": class_name,
+                "prompt_kind": prompt.kind}
+
+
+# Captions for contrastive pretraining lean on descriptions: they carry the visual attributes.
+CAPTION_WEIGHTS: dict[Kind, float] = {"description": 0.7, "finding": 0.15, "class": 0.15}
+
+
+class ImageTextDataset(_Base):
+    """Items (image, caption) for CLIP-style pretraining, one per image. The caption is drawn
+    from one structure (mostly its description); evaluation takes the first structure's
+    description (or its class name). Item: image (1, S, S), text str, label int, id str."""
+
+    def __init__(self, samples: Sequence[Sample], image_size: int, train: bool, seed: int = 0, *,
+                 prompts: PromptSampler | None = None, augment_config: AugmentConfig | None = None,
+                 caption_weights: Mapping[Kind, float] | None = None) -> None:
+        super().__init__(samples, image_size, train, seed, prompts, augment_config)
+        self.caption_weights = dict(caption_weights or CAPTION_WEIGHTS)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rng = self._rng(index)
+        if self.train:
+            structure = sample.structures[int(rng.integers(len(sample.structures)))]
+            text = self.prompts.sample(structure, rng, self.caption_weights).text
+        else:
+            first = sample.structures[0]
+            text = first.description or first.class_name
+        prepared, masks, support = prepare_sample(sample, self.image_size, with_masks=False)
+        image, _ = self._augment(prepared.pixels[:1], masks, support, rng)
+        return {"image": torch.as_tensor(np.asarray(image, np.float32)), "text": text,
+                "label": sample.label, "id": sample.id}
+
+
+def collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, turn numbers into tensors, keep strings (prompts, ids) as lists."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (bool, int, float)) and not isinstance(values[0], str):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = list(values)
+    return out
