@@ -27,12 +27,14 @@ def test_segment_one_dicom_all_outputs(tmp_path, model_dir, capsys):
                  "--overlay", "--json"])
     assert code == 0, capsys.readouterr().err
     seg = slicerio.read_segmentation(str(out))
-    assert [s["name"] for s in seg["segments"]] == ["lymph node", "cyst"]
+    assert [s["name"] for s in seg["segments"]] == ["Lymph node", "Cyst"]
+    # SNOMED CT Lymph node (59441001) from the bank's terminology entry.
+    assert seg["segments"][0]["terminology"]["type"][:2] == ["SCT", "59441001"]
     result = read_seg_nrrd(out)
     assert result.segments[0].mask.shape == (480, 640)
     assert (tmp_path / "us1.dcm").is_file() and (tmp_path / "us1.png").is_file()
     report = json.loads((tmp_path / "us1.json").read_text())
-    assert [s["name"] for s in report["segments"]] == ["lymph node", "cyst"]
+    assert [s["name"] for s in report["segments"]] == ["Lymph node", "Cyst"]
     first = report["segments"][0]
     assert first["options"]["threshold"] == 0.4
     assert first["measurements"]["unit"] == "px"  # US1_UNCR has no calibration

@@ -59,7 +59,9 @@ def test_saved_and_loaded_model_gives_identical_outputs(model_dir):
 def test_segment_prompts_in_order_on_input_grid(segmenter):
     image = read_image(SAMPLE)
     out = segmenter.segment(image, ["breast mass", "cyst", "lymph node"])
-    assert [r.prompt.name for r in out.results] == ["breast mass", "cyst", "lymph node"]
+    # Bank names: the segment is named, coloured and coded from the prompt bank.
+    assert [r.prompt.name for r in out.results] == ["Breast mass", "Cyst", "Lymph node"]
+    assert [r.prompt.matched_by for r in out.results] == ["exact"] * 3
     for r in out.results:
         assert r.probability.shape == image.frame_shape and r.mask.shape == image.frame_shape
         assert r.probability.dtype == np.float32
@@ -138,7 +140,7 @@ def test_classify_trained_head_zero_shot_and_mask(segmenter):
 
 
 @pytest.mark.parametrize("prompt, problem", [("", "empty"), ("   ", "empty"), ("x" * 10_000, "too long"),
-                                             ("mass\x00", "control")])
+                                             ("mass\x00", "control"), ("???", "no letters")])
 def test_bad_prompts(segmenter, prompt, problem):
     with pytest.raises(InputError, match=problem):
         segmenter.segment(read_image(SAMPLE), prompt)
@@ -146,7 +148,9 @@ def test_bad_prompts(segmenter, prompt, problem):
 
 def test_non_ascii_prompt_is_fine(segmenter):
     out = segmenter.segment(read_image(SAMPLE), "nódulo tiroideo")
-    assert out.results[0].prompt.name == "nódulo tiroideo"
+    assert out.results[0].prompt.name == "Thyroid nodule"
+    out = segmenter.segment(read_image(SAMPLE), "zona hipoecoica")
+    assert out.results[0].prompt.name == "zona hipoecoica" and out.results[0].prompt.matched_by == "none"
 
 
 def test_image_smaller_than_a_patch(segmenter):

@@ -30,7 +30,7 @@ from usvlm.io.image import USImage
 from usvlm.model.vlm import ImageFeatures, USVLMModel, load_model
 from usvlm.postprocess import PostprocessOptions, postprocess
 from usvlm.preprocess import PreparedImage, prepare
-from usvlm.text.prompt import ResolvedPrompt, resolve_prompt
+from usvlm.text.prompt import ResolvedPrompt
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class Segmenter:
 
     def __init__(self, model: USVLMModel | str | os.PathLike[str], device: str | torch.device = "auto",
                  *, batch_size: int = 8, image_cache_mb: float = 512, text_cache_size: int = 256,
-                 precision: str = "auto", threads: int | None = None,
-                 resolver: Callable[[str], ResolvedPrompt] = resolve_prompt) -> None:
+                 precision: str = "auto", threads: int | None = None, organ: str | None = None,
+                 resolver: Callable[[str], ResolvedPrompt] | None = None) -> None:
         self.device = choose_device(device)
         if self.device.type == "cpu":
             torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
@@ -156,6 +156,13 @@ class Segmenter:
         self.model.eval().to(self.device)
         self.batch_size = max(1, int(batch_size))
         self.precision = self._precision(precision)
+        if resolver is None:
+            # Prompt banks: exact names and synonyms give the segment its name, colour, terminology
+            # and a prompt ensemble; other text is embedded as typed.
+            from usvlm.text.banks import default_banks
+            from usvlm.text.resolve import PromptResolver
+
+            resolver = PromptResolver(default_banks(), organ=organ)
         self.resolver = resolver
         self._images: OrderedDict[str, _CachedImage] = OrderedDict()
         self._image_cache_bytes = int(image_cache_mb * 1024**2)

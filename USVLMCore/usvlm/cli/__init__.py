@@ -16,7 +16,7 @@ from usvlm import __version__
 from usvlm.errors import USVLMError
 
 # Sub-command modules; each defines `register(subparsers)` and a `run(args) -> int`.
-COMMANDS = ("info", "segment", "classify", "models", "mask2seg", "phantom", "bench")
+COMMANDS = ("info", "segment", "classify", "models", "mask2seg", "phantom", "bench", "refine")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,9 @@ def validate_prompt(text: object) -> str:
                                f"(at most {MAX_PROMPT_CHARS})")
     if any(unicodedata.category(c) == "Cc" for c in stripped):
         raise InputError(None, "prompt contains control characters")
+    if not any(ch.isalnum() for ch in stripped):  # any script is fine ("nódulo tiroideo")
+        raise InputError(None, f"the prompt {stripped!r} has no letters or digits: say what to "
+                               "contour, e.g. 'breast mass'")
     return stripped
 
 
