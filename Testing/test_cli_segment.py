@@ -101,3 +101,10 @@ def test_models_lists_installed(tmp_path, model_dir, monkeypatch, capsys):
     assert any(m["name"] == "tiny-mona" for m in listing)
     # An installed model is found by name.
     assert main(["classify", str(us_file("US1_UNCR.dcm")), "--model", "tiny-mona"]) == 0
+
+
+def test_overlay_is_a_real_png(tmp_path, model_dir):
+    out = tmp_path / "o.seg.nrrd"
+    assert main(["segment", str(us_file("US1_UNCR.dcm")), "--prompt", "mass", "--model", str(model_dir),
+                 "-o", str(out), "--overlay"]) == 0
+    assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,11 +23,13 @@ def _default_file_mode() -> int:
 
 
 def _temp_suffix(target: Path) -> str:
-    # Keep the full multi-part suffix (".seg.nrrd", ".nii.gz") so libraries that pick the format
-    # from the file name write the right thing into the temporary file.
-    name = target.name
-    dot = name.find(".")
-    return name[dot:] if dot > 0 else ""
+    """The target's format suffix (".seg.nrrd", ".nii.gz", ".png"), for the temporary file: libraries
+    that pick the format from the file name must write the right thing into it."""
+    name = target.name.lower()
+    for compound in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(compound):
+            return target.name[-len(compound):]
+    return target.suffix
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from usvlm import __version__
-from usvlm.model.adapters import AdapterConfig, inject_adapters, trainable_parameters
+from usvlm.model.adapters import AdapterConfig, has_adapters, inject_adapters, trainable_parameters
 from usvlm.model.backbones import Backbone, build_backbone
 from usvlm.model.backbones.core import is_adapter_parameter
 from usvlm.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint, shapes_of
@@ -241,6 +241,9 @@ def build_model(backbone: str | Mapping[str, Any] | Backbone, *, pretrained: str
                 name: str = "usvlm", **model_kwargs: Any) -> USVLMModel:
     """A fresh model: backbone (random or pretrained) + adapters + untrained heads.
 
+    `backbone` may be a built `Backbone` (e.g. after contrastive pretraining); `pretrained` is then
+    only recorded.
+
     `bundle_backbone`: store the backbone weights in the checkpoint (default: only when they
     cannot be resolved elsewhere, i.e. random or trained from scratch).
     """
@@ -249,7 +252,12 @@ def build_model(backbone: str | Mapping[str, Any] | Backbone, *, pretrained: str
     else:
         bb, source = build_backbone(backbone, pretrained, level_indices=level_indices), backbone
     spec = _backbone_spec(bb, source, pretrained, bundle_backbone)
-    inject_adapters(bb, adapter or AdapterConfig(kind="none"))
+    if has_adapters(bb):  # a backbone whose adapters were already trained (stage 1) keeps them
+        if adapter is not None and adapter != bb.adapter_config:
+            raise ValueError("this backbone already carries adapters; pass adapter=None")
+        bb.freeze()
+    else:
+        inject_adapters(bb, adapter or AdapterConfig(kind="none"))
     channels = [bb.width] * len(bb.level_indices)
     width = seg_width or (512 if bb.width >= 512 else max(32, bb.width))
     seg = TextConditionedSegHead.from_config(SegHeadConfig(

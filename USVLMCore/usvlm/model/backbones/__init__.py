@@ -12,6 +12,7 @@ from usvlm.model.backbones.configs import (
     MINILM_ID,
     default_model_config,
     minilm_text_cfg,
+    small_vit_minilm_config,
     tiny_timm_config,
     tiny_vit_config,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "minilm_text_cfg",
     "model_roots",
     "save_local_dir",
+    "small_vit_minilm_config",
     "tiny_timm_config",
     "tiny_vit_config",
 ]

@@ -68,3 +68,15 @@ def default_model_config() -> dict[str, Any]:
         "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
         "text_cfg": minilm_text_cfg(),
     }
+
+
+def small_vit_minilm_config(image_size: int = 224, width: int = 192, layers: int = 6,
+                            embed_dim: int = 256) -> dict[str, Any]:
+    """The bundled default model's backbone: a small ViT/16 trained from scratch on phantoms
+    (CLIP-style) with the frozen MiniLM-L6 text encoder and a learned text projection."""
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {"image_size": image_size, "layers": layers, "width": width, "head_width": 64,
+                       "patch_size": 16},
+        "text_cfg": minilm_text_cfg(),
+    }

@@ -53,7 +53,7 @@ class TextTower:
         if self.is_hf:
             # Trailing all-padding columns change nothing (the encoder masks padding) but cost
             # most of the time: a prompt is a few tokens in a context of 77.
-            features = self._model.encode_text(tokens[:, :_used_length(tokens)])
+            features = self._model.encode_text(tokens[:, :used_length(tokens)])
         elif _can_trim_clip_text(self._model):
             features = _encode_trimmed_clip_text(self._model, tokens)
         else:
@@ -72,7 +72,7 @@ class TextTower:
 PAD_ID = 0  # open_clip's SimpleTokenizer and BERT tokenizers both pad with id 0
 
 
-def _used_length(tokens: Tensor) -> int:
+def used_length(tokens: Tensor) -> int:
     """Columns up to the last non-padding token of any row (at least 1)."""
     used = (tokens != PAD_ID).any(dim=0).nonzero()
     return int(used.max()) + 1 if used.numel() else 1
@@ -90,7 +90,7 @@ def _encode_trimmed_clip_text(model: nn.Module, tokens: Tensor) -> Tensor:
     """`CLIP.encode_text` on the used part of the context only (same result, far less work)."""
     from open_clip.transformer import text_global_pool
 
-    length = _used_length(tokens)
+    length = used_length(tokens)
     text = tokens[:, :length]
     cast = model.transformer.get_cast_dtype()
     x = model.token_embedding(text).to(cast) + model.positional_embedding[:length].to(cast)

@@ -1,0 +1,111 @@
+"""Training runs for real: fine-tuning and pretraining on phantoms, resume, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from usvlm.engine import Segmenter
+from usvlm.io import read_image
+from usvlm.model.backbones import build_backbone, save_local_dir, tiny_vit_config
+from usvlm.model.vlm import load_model
+from usvlm_training.phantom import write_dataset
+from usvlm_training.train.cli import main as train_main
+from usvlm_training.train.common import load_training_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "phantoms"
+    write_dataset(out, 16, 5, size=256, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bb") / "tiny"
+    save_local_dir(build_backbone(tiny_vit_config(width=64, layers=4, image_size=64, embed_dim=64)),
+                   None, folder)
+    return f"local-dir:{folder}"
+
+
+def _finetune_args(data: Path, out: Path, backbone: str, *extra: str) -> list[str]:
+    return ["finetune", "--data", str(data), "--out", str(out), "--backbone", backbone,
+            "--batch-size", "4", "--bottleneck", "8", *extra]
+
+
+def test_finetune_exports_a_model_the_engine_loads(phantoms, tiny_backbone, tmp_path):
+    out = tmp_path / "run"
+    assert train_main(_finetune_args(phantoms, out, tiny_backbone, "--epochs", "2")) == 0
+    for name in ("train.log", "history.json", "curves.png", "last.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [0, 1]
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["provenance"]["seed"] == 0 and manifest["provenance"]["split_sizes"]["train"] > 0
+    assert "val_dice" in manifest["metrics"]
+    assert manifest["backbone"]["bundled"] is False  # the local-dir backbone is resolvable
+    image = read_image(next((phantoms / "images").iterdir()))
+    result = Segmenter(out / "model", device="cpu").segment(image, "cyst")
+    assert result.results[0].probability.shape == image.frame_shape
+
+
+def test_training_state_loads_without_pickle_and_resume_continues(phantoms, tiny_backbone, tmp_path):
+    out = tmp_path / "run"
+    assert train_main(_finetune_args(phantoms, out, tiny_backbone, "--epochs", "1")) == 0
+    state = load_training_state(out / "last.pt")  # torch.load(weights_only=True) inside
+    assert state["epoch"] == 0 and state["module"]
+    assert train_main(_finetune_args(phantoms, out, tiny_backbone, "--epochs", "2", "--resume")) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [0, 1]
+    # A non-empty run folder is not overwritten by accident.
+    assert train_main(_finetune_args(phantoms, out, tiny_backbone, "--epochs", "1")) == 2
+
+
+def test_pretrain_then_finetune_from_it(phantoms, tmp_path):
+    pre = tmp_path / "pre"
+    assert train_main(["pretrain", "--data", str(phantoms), "--out", str(pre), "--image-size", "64",
+                       "--epochs", "1", "--batch-size", "8"]) == 0
+    manifest = json.loads((pre / "model" / "manifest.json").read_text())
+    assert manifest["backbone"]["bundled"] is True  # trained from scratch: stored in the model
+    before = load_model(pre / "model")
+    out = tmp_path / "ft"
+    assert train_main(["finetune", "--data", str(phantoms), "--out", str(out), "--model",
+                       str(pre / "model"), "--epochs", "1", "--batch-size", "4", "--bottleneck", "8"]) == 0
+    after = load_model(out / "model")
+    # The frozen backbone came through fine-tuning unchanged; adapters were added and trained.
+    name = "visual.conv1.weight"
+    torch.testing.assert_close(dict(before.backbone.model.named_parameters())[name],
+                               dict(after.backbone.model.named_parameters())[name])
+    assert after.backbone.adapter_config.kind == "mona"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_ranks_end_identical(phantoms, tiny_backbone, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(_free_port()), "-m", "usvlm_training.train",
+           *_finetune_args(phantoms, out, tiny_backbone, "--epochs", "1", "--max-steps", "3")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks_in_sync"] is True
+    assert len(summary["rank_checksums"]) == 2
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["provenance"]["training"]["world_size"] == 2

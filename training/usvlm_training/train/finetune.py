@@ -1,0 +1,293 @@
+"""Stage 2: fine-tune adapters and heads on a frozen backbone (segmentation + classification).
+
+    python -m usvlm_training.train finetune --data DATA --out RUN [--model DIR | --backbone ID]
+    torchrun --nproc_per_node 2 -m usvlm_training.train finetune ...      # DDP, same script
+
+Writes RUN/model (the best epoch by validation Dice, as a model directory the Slicer module and
+`usvlm segment --model` load), RUN/last.pt (resume with --resume), RUN/train.log,
+RUN/history.json and RUN/curves.png.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from usvlm.errors import InputError
+from usvlm.model.adapters import AdapterConfig, has_adapters, inject_adapters
+from usvlm.model.heads import TemperatureScaler
+from usvlm.model.vlm import USVLMModel, build_model, load_model
+
+from ..data import few_shot, open_dataset
+from ..data.torch_dataset import SegmentationDataset, collate
+from ..distributed import DistInfo, all_reduce_mean, barrier, distributed_context, gather_to_rank0
+from ..metrics import classification_scores
+from .common import (History, OptimConfig, TextEmbeddingCache, Throughput, autocast_dtype,
+                     cosine_with_warmup, env_threads, git_revision, load_training_state, log,
+                     make_optimizer, save_training_state, seed_everything, setup_run_log,
+                     trainable_state, write_history)
+from .losses import classification_loss, segmentation_loss
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    out: str
+    model: str | None = None  # start from this model directory ...
+    backbone: str | None = None  # ... or build a fresh model on this backbone
+    pretrained: str | None = None
+    adapter: str = "mona"
+    bottleneck: int = 64
+    lora_rank: int = 8
+    seg_width: int | None = None
+    cls_loss: str = "ce"  # or "focal"
+    cls_weight: float = 0.5
+    few_shot_ratio: float | None = None
+    few_shot_shots: int | None = None
+    name: str = "usvlm-finetuned"
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+class TrainStep(nn.Module):
+    """One forward of the trainable path, as a module so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: USVLMModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, text: Tensor, masks: Tensor) -> tuple[Tensor, Tensor | None]:
+        feats = self.model.encode_image(self.model.normalize(images))
+        seg = self.model.segment_logits(feats, text[:, None, :])  # one prompt per image
+        cls = self.model.classify_logits(feats, masks) if self.model.cls_head is not None else None
+        return seg, cls
+
+
+def _adapter_config(cfg: FinetuneConfig) -> AdapterConfig:
+    return AdapterConfig(kind=cfg.adapter, bottleneck=cfg.bottleneck, lora_rank=cfg.lora_rank,
+                         lora_alpha=2.0 * cfg.lora_rank)
+
+
+def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
+    """The model to train: an existing model directory (adapters added when it has none) or a
+    fresh one on `cfg.backbone`."""
+    if cfg.model:
+        model = load_model(cfg.model)
+        if not has_adapters(model.backbone) and cfg.adapter != "none":
+            inject_adapters(model.backbone, _adapter_config(cfg))
+        model.backbone.freeze()
+        model.name = cfg.name
+        return model
+    if not cfg.backbone:
+        raise InputError(None, "give --model (a model directory to start from) or --backbone")
+    return build_model(cfg.backbone, pretrained=cfg.pretrained, adapter=_adapter_config(cfg),
+                       seg_width=cfg.seg_width, name=cfg.name)
+
+
+def _loaders(cfg: FinetuneConfig, size: int, info: DistInfo) -> tuple[Any, Any, dict[str, Any]]:
+    dataset = open_dataset(cfg.data, seed=cfg.optim.seed)
+    train = dataset.split("train")
+    if cfg.few_shot_ratio or cfg.few_shot_shots:
+        train = few_shot(train, ratio=cfg.few_shot_ratio, shots=cfg.few_shot_shots, seed=cfg.optim.seed)
+    val = dataset.split("val")
+    train_ds = SegmentationDataset(train, size, train=True, seed=cfg.optim.seed)
+    val_ds = SegmentationDataset(val, size, train=False, seed=cfg.optim.seed)
+    sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.optim.seed) if info.enabled else None
+    generator = torch.Generator().manual_seed(cfg.optim.seed)
+    train_loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, shuffle=sampler is None,
+                              sampler=sampler, collate_fn=collate, num_workers=cfg.optim.num_workers,
+                              generator=generator, drop_last=len(train_ds) > cfg.optim.batch_size)
+    val_loader = DataLoader(val_ds, batch_size=cfg.optim.batch_size, shuffle=False, collate_fn=collate,
+                            num_workers=cfg.optim.num_workers)
+    summary = dataset.summary()
+    summary["train_used"] = len(train)
+    return train_loader, val_loader, summary
+
+
+@torch.no_grad()
+def validate(model: USVLMModel, loader: DataLoader, texts: TextEmbeddingCache,
+             device: torch.device) -> tuple[dict[str, float], Tensor, Tensor]:
+    """Dice at threshold 0.5 in model space, classification AUC; returns the class logits and
+    labels too (for temperature scaling)."""
+    model.eval()
+    dices, logits, labels = [], [], []
+    for batch in loader:
+        images, masks = batch["image"][:, 0].to(device), batch["mask"].to(device)
+        feats = model.encode_image(model.normalize(images))
+        seg = model.segment_logits(feats, texts(batch["prompt"])[:, None, :])
+        pred = (seg > 0).float()
+        inter = (pred * masks).flatten(1).sum(1)
+        total = pred.flatten(1).sum(1) + masks.flatten(1).sum(1)
+        dices.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
+        if model.cls_head is not None:
+            logits.append(model.classify_logits(feats, masks).float().cpu())
+            labels.append(batch["label"])
+    row = {"val_dice": float(torch.cat(dices).mean())}
+    cls_logits = torch.cat(logits) if logits else torch.empty(0, 2)
+    cls_labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    known = cls_labels >= 0
+    if known.any() and len(set(cls_labels[known].tolist())) == 2:
+        probs = torch.softmax(cls_logits[known], -1)[:, 1].numpy()
+        scores = classification_scores(probs, cls_labels[known].numpy())
+        row["val_auc"] = float(scores.auc)
+        row["val_accuracy"] = float(scores.accuracy)
+    return row, cls_logits, cls_labels
+
+
+def _checksum(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run stage 2; returns the summary (best epoch, validation metrics, output paths)."""
+    env_threads()
+    out = Path(cfg.out)
+    with distributed_context(cfg.device) as info:
+        if info.is_main:
+            _prepare_out(out, cfg)
+        barrier(info)
+        setup_run_log(out, info)
+        seed_everything(cfg.optim.seed)
+        model = build_for_finetuning(cfg).to(info.device)
+        size = model.input_size
+        train_loader, val_loader, data_summary = _loaders(cfg, size, info)
+        texts = TextEmbeddingCache(model.encode_text, info.device)
+        step_module = TrainStep(model)
+        runner = DistributedDataParallel(step_module) if info.enabled else step_module
+        optimizer = make_optimizer(model.parameters(), cfg.optim)
+        steps_per_epoch = max(1, len(train_loader))
+        total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
+        scheduler = cosine_with_warmup(optimizer, int(cfg.optim.warmup_epochs * steps_per_epoch), total_steps)
+        history, best_state, start_epoch, step = History(), None, 0, 0
+        if cfg.resume and (out / "last.pt").is_file():
+            state = load_training_state(out / "last.pt")
+            model.load_state_dict(state["module"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, best_state = state["history"], state["best_state"] or None
+            start_epoch, step = state["epoch"] + 1, state["step"]
+            log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
+        log.info("fine-tuning %s on %s: %s", model.name, cfg.data, model.parameter_report())
+        amp = autocast_dtype(info.device, cfg.optim.amp)
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            if cfg.optim.max_steps and step >= cfg.optim.max_steps:
+                break
+            train_loader.dataset.set_epoch(epoch)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            model.train()
+            losses = _train_epoch(cfg, runner, train_loader, texts, optimizer, scheduler, info, amp,
+                                  epoch, step)
+            step += losses.pop("steps")
+            row, _, _ = validate(model, val_loader, texts, info.device)
+            row = {"epoch": epoch, **{k: all_reduce_mean(v, info) for k, v in losses.items()}, **row,
+                   "lr": scheduler.get_last_lr()[0]}
+            history.add(row)
+            if history.improved(row["val_dice"], epoch):
+                best_state = trainable_state(model)
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+            if info.is_main:
+                save_training_state(out / "last.pt", module=model, optimizer=optimizer, scheduler=scheduler,
+                                    epoch=epoch, step=step, history=history, best_state=best_state,
+                                    config=_config_dict(cfg))
+                write_history(out, history, ["loss", "dice", "auc"])
+            if history.epochs_since_best(epoch) >= cfg.optim.patience:
+                log.info("early stop: no validation Dice gain for %d epochs", cfg.optim.patience)
+                break
+        checksums = gather_to_rank0(_checksum(model), info)
+        result = _finish(cfg, model, best_state, history, val_loader, texts, info, data_summary, checksums)
+        barrier(info)
+        return result
+
+
+def _train_epoch(cfg: FinetuneConfig, runner: nn.Module, loader: DataLoader, texts: TextEmbeddingCache,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, info: DistInfo,
+                 amp: torch.dtype | None, epoch: int, step: int) -> dict[str, float]:
+    from tqdm import tqdm
+
+    totals = {"train_loss": 0.0, "train_seg_loss": 0.0, "train_cls_loss": 0.0}
+    steps, speed = 0, Throughput()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not info.is_main, leave=False, unit="batch")
+    for batch in bar:
+        if cfg.optim.max_steps and step + steps >= cfg.optim.max_steps:
+            break
+        images, masks = batch["image"][:, 0].to(info.device), batch["mask"].to(info.device)
+        labels = batch["label"].to(info.device)
+        with torch.autocast(info.device.type, dtype=amp, enabled=amp is not None):
+            seg, cls = runner(images, texts(batch["prompt"]), masks)
+            seg_loss = segmentation_loss(seg.float(), masks)
+            cls_loss = classification_loss(cls.float(), labels, cfg.cls_loss) if cls is not None \
+                else seg_loss * 0.0
+            loss = seg_loss + cfg.cls_weight * cls_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in runner.parameters() if p.requires_grad],
+                                       cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        for key, value in (("train_loss", loss), ("train_seg_loss", seg_loss), ("train_cls_loss", cls_loss)):
+            totals[key] += float(value.detach())
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{speed.add(len(images)):.1f}")
+    return {**{k: v / max(1, steps) for k, v in totals.items()}, "steps": steps}
+
+
+def _finish(cfg: FinetuneConfig, model: USVLMModel, best_state: dict[str, Tensor] | None,
+            history: History, val_loader: DataLoader, texts: TextEmbeddingCache, info: DistInfo,
+            data_summary: dict[str, Any], checksums: list[str] | None) -> dict[str, Any]:
+    """Restore the best epoch, calibrate, export the model directory (rank 0)."""
+    if best_state:
+        model.load_state_dict(best_state, strict=False)
+    metrics, logits, labels = validate(model, val_loader, texts, info.device)
+    known = labels >= 0
+    if known.any() and len(set(labels[known].tolist())) == 2:
+        model.temperature = TemperatureScaler().fit(logits[known], labels[known])
+    result = {"best_epoch": history.best_epoch, "epochs_run": len(history.epochs), **metrics,
+              "temperature": model.temperature, "out": str(cfg.out)}
+    if checksums is not None and len(checksums) > 1:
+        result["ranks_in_sync"] = len(set(checksums)) == 1
+        result["rank_checksums"] = checksums
+    if info.is_main:
+        out = Path(cfg.out)
+        provenance = {"dataset": str(cfg.data), "split_sizes": data_summary.get("splits", {}),
+                      "seed": cfg.optim.seed, "git_revision": git_revision(),
+                      "training": {"stage": "finetune", "config": _config_dict(cfg),
+                                   "best_epoch": history.best_epoch, "world_size": info.world_size,
+                                   "data": data_summary}}
+        model.save(out / "model", overwrite=True, provenance=provenance,
+                   metrics={k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)},
+                   description=f"fine-tuned on {Path(cfg.data).name}")
+        (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+        log.info("best epoch %d (validation Dice %.4f); model written to %s", history.best_epoch,
+                 metrics["val_dice"], out / "model")
+    return result
+
+
+def _config_dict(cfg: FinetuneConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _prepare_out(out: Path, cfg: FinetuneConfig) -> None:
+    from usvlm.errors import OutputError
+
+    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
+        raise OutputError(out, "output folder is not empty (use --resume to continue a run or "
+                               "--overwrite to start over)")
+    out.mkdir(parents=True, exist_ok=True)
