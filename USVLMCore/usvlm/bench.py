@@ -46,18 +46,24 @@ def synthetic_image(rows: int, columns: int, seed: int = 0) -> np.ndarray:
 
 def run_benchmark(backbone: str | dict = "ViT-B-16", *, rows: int = 480, columns: int = 640,
                   cine_frames: int = 30, repeats: int = 3, adapter: str = "mona",
-                  device: str = "auto", log: Callable[[str], None] = print) -> dict[str, Any]:
+                  device: str = "auto", model_dir: str | Path | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Figures for `model_dir` (an installed model) or for a random-weight model on `backbone`."""
     import skimage.io
 
     with tempfile.TemporaryDirectory(prefix="usvlm-bench-") as tmp:
         root = Path(tmp)
-        log(f"building {backbone} (random weights) with {adapter} adapters")
-        model = build_model(backbone, adapter=AdapterConfig(kind=adapter))
-        model.save(root / "model", description="benchmark model (random weights)")
-        del model
+        if model_dir is None:
+            log(f"building {backbone} (random weights) with {adapter} adapters")
+            model = build_model(backbone, adapter=AdapterConfig(kind=adapter))
+            model.save(root / "model", description="benchmark model (random weights)")
+            del model
+            model_dir = root / "model"
         t = time.perf_counter()
-        model = load_model(root / "model")
+        model = load_model(model_dir)
         model_load_ms = (time.perf_counter() - t) * 1e3
+        adapter = model.backbone.adapter_config.kind if model.backbone.adapter_config else "none"
+        backbone = model.name if model_dir != root / "model" else backbone
         image_path = root / "image.png"
         skimage.io.imsave(image_path, synthetic_image(rows, columns), check_contrast=False)
         seg = Segmenter(model, device=device)

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "naive full recompute, cine batching and model loading.")
     p.add_argument("--backbone", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
     p.add_argument("--adapter", default="mona", choices=("none", "mona", "hybrid", "lora"))
+    p.add_argument("--model", help="benchmark this model directory or installed model instead")
     p.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
     p.add_argument("--frames", type=int, default=30, help="cine length (default 30)")
     p.add_argument("--repeats", type=int, default=3)
@@ -31,8 +32,12 @@ def run(args: argparse.Namespace) -> int:
         columns, rows = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise InputError(None, f"--size must be WxH, e.g. 640x480, got {args.size!r}") from None
+    from usvlm.model.registry import resolve_model
+
+    model_dir = resolve_model(args.model) if args.model else None
     result = run_benchmark(args.backbone, rows=rows, columns=columns, cine_frames=args.frames,
                            repeats=args.repeats, adapter=args.adapter, device=args.device,
+                           model_dir=model_dir,
                            log=lambda m: print(m, file=sys.stderr))
     print(format_table(result))
     if args.json:

@@ -64,6 +64,20 @@ class _Base(Dataset):
         self.augment_config = augment_config or AugmentConfig()
         self.epoch = 0
 
+    # Prepared images (field of view, overlay fill, letterbox) do not change between epochs:
+    # keep them when they fit, so epochs after the first skip the preprocessing.
+    CACHE_LIMIT_BYTES = 2 * 1024**3
+
+    def _prepared(self, sample: Sample, with_masks: bool = True) -> tuple[PreparedImage, np.ndarray, np.ndarray]:
+        per_item = self.image_size**2 * 4 * 2
+        if len(self.samples) * per_item > self.CACHE_LIMIT_BYTES:
+            return prepare_sample(sample, self.image_size, with_masks=with_masks)
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (sample.id, with_masks)
+        if key not in cache:
+            cache[key] = prepare_sample(sample, self.image_size, with_masks=with_masks)
+        return cache[key]
+
     def set_epoch(self, epoch: int) -> None:
         """New prompts and augmentations each epoch (call it as for a DistributedSampler)."""
         self.epoch = int(epoch)
@@ -115,7 +129,7 @@ class SegmentationDataset(_Base):
         else:
             prompt = PromptSampler.canonical(structures[group[0]])
         targets = target_indices(prompt, structures)
-        prepared, masks, support = prepare_sample(sample, self.image_size)
+        prepared, masks, support = self._prepared(sample)
         target = masks[targets].any(axis=0, keepdims=True)
         image, target = self._augment(prepared.pixels[:1], target, support, rng)
         return {"image": torch.as_tensor(np.asarray(image, np.float32)),
@@ -152,7 +166,7 @@ class ImageTextDataset(_Base):
         else:
             first = sample.structures[0]
             text = first.description or first.class_name
-        prepared, masks, support = prepare_sample(sample, self.image_size, with_masks=False)
+        prepared, masks, support = self._prepared(sample, with_masks=False)
         image, _ = self._augment(prepared.pixels[:1], masks, support, rng)
         return {"image": torch.as_tensor(np.asarray(image, np.float32)), "text": text,
                 "label": sample.label, "id": sample.id}
