@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from usvlm.cli._common import spacing_arg
 from usvlm.errors import USVLMError
 
 
@@ -17,17 +18,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (a list of objects for several files)")
     p.add_argument("--cine", action="store_true", help="read a 3D NRRD/NIfTI volume as cine frames")
-    p.add_argument("--spacing", type=_spacing_arg, metavar="X,Y",
+    p.add_argument("--spacing", type=spacing_arg, metavar="X,Y",
                    help="pixel spacing in mm to use instead of the file's")
     return p
-
-
-def _spacing_arg(text: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("expected two numbers, e.g. 0.1,0.1") from exc
-    return x, y
 
 
 def run(args: argparse.Namespace) -> int:

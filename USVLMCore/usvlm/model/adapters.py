@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usvlm.model.backbones.core import ADAPTER_ATTR, Backbone, is_adapter_parameter

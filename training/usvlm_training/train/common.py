@@ -3,6 +3,7 @@ state, the run log, curves, and frozen-text-embedding caching."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -10,7 +11,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from usvlm.errors import OutputError
 from usvlm.io.atomic import atomic_output
 
-from ..distributed import DistInfo
+from ..distributed import DistInfo, barrier, distributed_context
 
 log = logging.getLogger("usvlm_training")
 
@@ -214,3 +216,37 @@ def env_threads() -> None:
     """Two ranks on one CPU must not each start a thread per core."""
     if "OMP_NUM_THREADS" not in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
+
+
+@contextlib.contextmanager
+def training_run(out: Path, *, device: str, seed: int, resume: bool, overwrite: bool) -> Iterator[DistInfo]:
+    """Set-up shared by both stages: process group, a checked run folder, the run log, seeds."""
+    env_threads()
+    with distributed_context(device) as info:
+        if info.is_main:
+            prepare_out(out, resume=resume, overwrite=overwrite)
+        barrier(info)
+        setup_run_log(out, info)
+        seed_everything(seed)
+        yield info
+        barrier(info)
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise OutputError(out, "output folder is not empty (use --resume to continue a run or "
+                               "--overwrite to start over)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def resume_if_asked(out: Path, resume: bool, module: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any) -> tuple[History, dict[str, torch.Tensor] | None, int, int]:
+    """(history, best state, first epoch, step): restored from OUT/last.pt with --resume."""
+    if not (resume and (out / "last.pt").is_file()):
+        return History(), None, 0, 0
+    state = load_training_state(out / "last.pt")
+    module.load_state_dict(state["module"], strict=False)  # only the trainable part is stored
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log.info("resumed from %s at epoch %d", out / "last.pt", state["epoch"] + 1)
+    return state["history"], state["best_state"] or None, state["epoch"] + 1, state["step"]

@@ -29,12 +29,11 @@ from usvlm.model.vlm import USVLMModel, build_model, load_model
 
 from ..data import few_shot, open_dataset
 from ..data.torch_dataset import SegmentationDataset, collate
-from ..distributed import DistInfo, all_reduce_mean, barrier, distributed_context, gather_to_rank0
+from ..distributed import DistInfo, all_reduce_mean, gather_to_rank0
 from ..metrics import classification_scores
 from .common import (History, OptimConfig, TextEmbeddingCache, Throughput, autocast_dtype,
-                     cosine_with_warmup, env_threads, git_revision, load_training_state, log,
-                     make_optimizer, save_training_state, seed_everything, setup_run_log,
-                     trainable_state, write_history)
+                     cosine_with_warmup, git_revision, log, make_optimizer, resume_if_asked,
+                     save_training_state, trainable_state, training_run, write_history)
 from .losses import classification_loss, segmentation_loss
 
 
@@ -157,14 +156,9 @@ def _checksum(module: nn.Module) -> str:
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run stage 2; returns the summary (best epoch, validation metrics, output paths)."""
-    env_threads()
     out = Path(cfg.out)
-    with distributed_context(cfg.device) as info:
-        if info.is_main:
-            _prepare_out(out, cfg)
-        barrier(info)
-        setup_run_log(out, info)
-        seed_everything(cfg.optim.seed)
+    with training_run(out, device=cfg.device, seed=cfg.optim.seed, resume=cfg.resume,
+                      overwrite=cfg.overwrite) as info:
         model = build_for_finetuning(cfg).to(info.device)
         size = model.input_size
         train_loader, val_loader, data_summary = _loaders(cfg, size, info)
@@ -175,15 +169,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         steps_per_epoch = max(1, len(train_loader))
         total_steps = cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch
         scheduler = cosine_with_warmup(optimizer, int(cfg.optim.warmup_epochs * steps_per_epoch), total_steps)
-        history, best_state, start_epoch, step = History(), None, 0, 0
-        if cfg.resume and (out / "last.pt").is_file():
-            state = load_training_state(out / "last.pt")
-            model.load_state_dict(state["module"], strict=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best_state = state["history"], state["best_state"] or None
-            start_epoch, step = state["epoch"] + 1, state["step"]
-            log.info("resumed from %s at epoch %d", out / "last.pt", start_epoch)
+        history, best_state, start_epoch, step = resume_if_asked(out, cfg.resume, model, optimizer, scheduler)
         log.info("fine-tuning %s on %s: %s", model.name, cfg.data, model.parameter_report())
         amp = autocast_dtype(info.device, cfg.optim.amp)
         for epoch in range(start_epoch, cfg.optim.epochs):
@@ -212,9 +198,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 log.info("early stop: no validation Dice gain for %d epochs", cfg.optim.patience)
                 break
         checksums = gather_to_rank0(_checksum(model), info)
-        result = _finish(cfg, model, best_state, history, val_loader, texts, info, data_summary, checksums)
-        barrier(info)
-        return result
+        return _finish(cfg, model, best_state, history, val_loader, texts, info, data_summary, checksums)
 
 
 def _train_epoch(cfg: FinetuneConfig, runner: nn.Module, loader: DataLoader, texts: TextEmbeddingCache,
@@ -282,12 +266,3 @@ def _finish(cfg: FinetuneConfig, model: USVLMModel, best_state: dict[str, Tensor
 
 def _config_dict(cfg: FinetuneConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
-
-
-def _prepare_out(out: Path, cfg: FinetuneConfig) -> None:
-    from usvlm.errors import OutputError
-
-    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
-        raise OutputError(out, "output folder is not empty (use --resume to continue a run or "
-                               "--overwrite to start over)")
-    out.mkdir(parents=True, exist_ok=True)

@@ -32,12 +32,10 @@ from usvlm.model.vlm import build_model
 
 from ..data import open_dataset
 from ..data.torch_dataset import ImageTextDataset, collate
-from ..distributed import DistInfo, all_reduce_mean, barrier, distributed_context
+from ..distributed import DistInfo, all_reduce_mean
 from .common import (History, OptimConfig, Throughput, autocast_dtype, cosine_with_warmup,
-                     env_threads, git_revision, load_training_state, log, make_optimizer,
-                     save_training_state, seed_everything, setup_run_log, trainable_state,
-                     write_history)
-from .finetune import _prepare_out
+                     git_revision, log, make_optimizer, resume_if_asked, save_training_state,
+                     trainable_state, training_run, write_history)
 from .losses import contrastive_loss
 
 DEFAULT_SMALL = "default-small"
@@ -155,14 +153,9 @@ def _validate(step: ContrastiveStep, loader: DataLoader, device: torch.device) -
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    env_threads()
     out = Path(cfg.out)
-    with distributed_context(cfg.device) as info:
-        if info.is_main:
-            _prepare_out(out, cfg)
-        barrier(info)
-        setup_run_log(out, info)
-        seed_everything(cfg.optim.seed)
+    with training_run(out, device=cfg.device, seed=cfg.optim.seed, resume=cfg.resume,
+                      overwrite=cfg.overwrite) as info:
         backbone = build_backbone_for_pretraining(cfg).to(info.device)
         size = backbone.image_size[0]
         dataset = open_dataset(cfg.data, seed=cfg.optim.seed)
@@ -181,14 +174,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         per_epoch = max(1, len(loader))
         total = cfg.optim.max_steps or cfg.optim.epochs * per_epoch
         scheduler = cosine_with_warmup(optimizer, int(cfg.optim.warmup_epochs * per_epoch), total)
-        history, best, start, steps = History(), None, 0, 0
-        if cfg.resume and (out / "last.pt").is_file():
-            state = load_training_state(out / "last.pt")
-            backbone.load_state_dict(state["module"], strict=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best, start, steps = (state["history"], state["best_state"] or None,
-                                           state["epoch"] + 1, state["step"])
+        history, best, start, steps = resume_if_asked(out, cfg.resume, backbone, optimizer, scheduler)
         log.info("pretraining %s on %s (%d train / %d val pairs), %d trainable parameters", cfg.backbone,
                  cfg.data, len(train_ds), len(val_ds),
                  sum(p.numel() for p in backbone.parameters() if p.requires_grad))
@@ -242,7 +228,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                   "out": str(out)}
         if info.is_main:
             _export(cfg, backbone, dataset.summary(), history, final, info)
-        barrier(info)
         return result
 
 
