@@ -39,3 +39,37 @@ def mask_to_volume_array(mask: np.ndarray) -> np.ndarray:
     if mask.ndim != 3:
         raise ValueError(f"mask must be (H, W) or (T, H, W), got {mask.shape}")
     return mask.astype(np.uint8)
+
+
+def frames_to_volume_array(mask: np.ndarray, frames: list[int], total_frames: int) -> np.ndarray:
+    """Masks of the segmented `frames` of an image with `total_frames` frames as the [K, J, I]
+    uint8 array of the whole image: a run on one frame of a cine lands on that frame's slice."""
+    stack = mask_to_volume_array(mask)
+    if len(frames) != stack.shape[0]:
+        raise ValueError(f"{stack.shape[0]} mask frame(s) for {len(frames)} segmented frame(s)")
+    if list(frames) == list(range(total_frames)):
+        return stack
+    out = np.zeros((total_frames, *stack.shape[1:]), dtype=np.uint8)
+    out[list(frames)] = stack
+    return out
+
+
+def ras_to_pixel(geometry: Geometry, ras: np.ndarray | tuple[float, float, float],
+                 shape: tuple[int, int], frames: int = 1, *,
+                 tolerance: float = 0.5) -> tuple[float, float, int]:
+    """A RAS point (a markup control point, a slice offset) as (x, y, frame) on the image grid.
+
+    x, y are continuous pixel indices (I, J; pixel centres at integers), the frame is K rounded.
+    A point further than `tolerance` pixels outside the image, or off the frames, is an
+    `InputError`: the click was not on the image.
+    """
+    i, j, k = geometry.ras_to_ijk_points(np.asarray(ras, dtype=float))[0]
+    rows, columns = shape
+    frame = int(round(k))
+    inside = (-tolerance <= i <= columns - 1 + tolerance and -tolerance <= j <= rows - 1 + tolerance
+              and abs(k - frame) <= tolerance and 0 <= frame < frames)
+    if not inside:
+        raise InputError(None, f"point at RAS ({', '.join(f'{v:.1f}' for v in np.ravel(ras))}) is "
+                               f"not on the image (pixel {i:.1f}, {j:.1f}, frame {k:.1f}; the image "
+                               f"has {columns} x {rows} pixels, {frames} frame(s))")
+    return float(i), float(j), frame

@@ -1,0 +1,95 @@
+""""Add to training cohort": an image and its (edited) segments into a folder that training reads.
+
+Layout (the Slicer-export layout of `usvlm_training.data.layouts.read_slicer`):
+
+    cohort/<id>.nrrd        the image (pixels and geometry only)
+    cohort/<id>.seg.nrrd    its segments (names, colours, terminology)
+    cohort/labels.csv       image,label (benign / malignant), when a label is given
+
+De-identified: the id is a hash of the pixel values (the same image added twice replaces its
+earlier entry instead of duplicating it), and nothing of the source's DICOM header is written
+(no patient attributes, no dates, no UIDs). Burned-in text in the pixels is the user's to check.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from usvlm.errors import InputError
+from usvlm.io.atomic import AtomicGroup, atomic_output
+from usvlm.io.image import USImage
+from usvlm.io.segmentation import Segment
+
+LABELS = "labels.csv"
+LABEL_VALUES = ("benign", "malignant")
+
+
+def cohort_id(image: USImage) -> str:
+    """A de-identified, stable id from the pixel values alone."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((image.pixels.shape, str(image.pixels.dtype))).encode())
+    h.update(np.ascontiguousarray(image.pixels).data)
+    return f"us-{h.hexdigest()}"
+
+
+def _write_image(path: Path, image: USImage) -> None:
+    import SimpleITK as sitk
+
+    g = image.geometry
+    itk = sitk.GetImageFromArray(np.ascontiguousarray(image.pixels), isVector=image.is_rgb)
+    itk.SetSpacing(g.spacing[:2])
+    itk.SetOrigin(g.origin_lps[:2])
+    # A 2D image keeps the in-plane part of the direction; Slicer places it on the same plane when
+    # the direction is axis-aligned (the usual case for ultrasound loaded from files).
+    itk.SetDirection(g.direction_lps[:2, :2].ravel().tolist())
+    sitk.WriteImage(itk, str(path), useCompression=True)
+
+
+def _set_label(folder: Path, sample_id: str, label: str | None) -> None:
+    path = folder / LABELS
+    rows: list[list[str]] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh)][1:]
+    rows = [r for r in rows if r and r[0] != sample_id]
+    if label is not None:
+        rows.append([sample_id, label])
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["image", "label"])
+        writer.writerows(sorted(rows))
+
+
+def add_to_cohort(folder: str | os.PathLike[str], image: USImage, segments: Sequence[Segment], *,
+                  frame: int = 0, label: str | None = None) -> Path:
+    """Write one sample (frame `frame` of a cine) and return the path of its .seg.nrrd."""
+    from usvlm.io.seg_nrrd import write_seg_nrrd
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "cohort folder does not exist")
+    if label is not None and label not in LABEL_VALUES:
+        raise InputError(None, f"label must be one of {', '.join(LABEL_VALUES)}, got {label!r}")
+    if not segments:
+        raise InputError(None, "no segments to add to the cohort")
+    names = [s.name for s in segments]
+    if len({n.casefold() for n in names}) != len(names):
+        raise InputError(None, f"segment names must be unique in a training sample: {', '.join(names)}")
+    single = image.frame(frame) if image.is_cine else image
+    masks = [s.frames[frame if image.is_cine else 0] for s in segments]
+    if any(m.shape != single.frame_shape for m in masks):
+        raise InputError(None, "segment masks are not on the image grid")
+    plain = [Segment(s.name, m, s.color, s.terminology) for s, m in zip(segments, masks)]
+    sample_id = cohort_id(single)
+    seg_path = folder / f"{sample_id}.seg.nrrd"
+    with AtomicGroup() as group:  # image and segmentation appear together or not at all
+        _write_image(group.path(folder / f"{sample_id}.nrrd"), single)
+        write_seg_nrrd(group.path(seg_path), plain, single.geometry)
+    _set_label(folder, sample_id, label)
+    return seg_path
