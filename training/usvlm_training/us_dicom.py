@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
+from pydicom.uid import (PYDICOM_ROOT_UID, ExplicitVRLittleEndian, UltrasoundImageStorage,
+                         UltrasoundMultiFrameImageStorage, generate_uid)
 
 from usvlm.io.atomic import atomic_output
 
-# Deterministic UIDs from the seed, so the same sample is bit-identical on every machine.
-_UID_PREFIX = "1.2.826.0.1.3680043.10.1473."
-
-
 def _uid(*parts: object) -> str:
-    return generate_uid(prefix=None, entropy_srcs=[_UID_PREFIX, *map(str, parts)])
+    """Deterministic UIDs from the seed (under pydicom's root): the same sample is bit-identical on
+    every machine. (With prefix=None pydicom ignores the entropy and returns a random UUID UID.)"""
+    return generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["usvlm-us-dicom", *map(str, parts)])
 
 
 def write_us_dicom(path: str | Path, pixels: np.ndarray, spacing_mm: tuple[float, float], *,
@@ -43,7 +42,7 @@ def write_us_dicom(path: str | Path, pixels: np.ndarray, spacing_mm: tuple[float
     meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
     meta.MediaStorageSOPInstanceUID = _uid(seed, "sop", description)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _UID_PREFIX + "1"
+    meta.ImplementationClassUID = PYDICOM_ROOT_UID + "1"
 
     ds = Dataset()
     ds.file_meta = meta

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         results[str(path)] = probs
         print(f"{path}: " + ", ".join(f"{k} {v:.3f}" for k, v in probs.items()))
-    if args.json:
+    if args.json and results:  # nothing classified: no (empty) output file
         with atomic_output(Path(args.json)) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 2 if failed else 0

@@ -7,14 +7,18 @@ uncalibrated). Messages never include patient attributes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from usvlm.errors import InputError
 from usvlm.io.geometry import PLAUSIBLE_SPACING_MM, Geometry
@@ -30,9 +34,37 @@ CM_TO_MM = 10.0
 
 def read_dicom(path: str | Path) -> USImage:
     path = Path(path)
+    with _quiet_pydicom():
+        try:
+            return _read_dicom(path)
+        except InputError:
+            raise
+        # pydicom parses elements lazily: a damaged header raises on first access, from anywhere.
+        except (NotImplementedError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+                EOFError, OverflowError, struct.error, BytesLengthException) as exc:
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            raise InputError(path, f"corrupt DICOM file ({type(exc).__name__}: {reason})") from exc
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom logs decoder tracebacks and warns with element values (which can be patient
+    attributes) while reading damaged files; every problem becomes one InputError line instead."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 10)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_dicom(path: Path) -> USImage:
     ds = _read_dataset(path)
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, columns = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
+    frames = _int(path, ds, "NumberOfFrames", 1)
     modality = str(ds.get("Modality", "")) or None
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     _check_header(path, ds, rows, columns, frames, modality, photometric)
@@ -40,6 +72,10 @@ def read_dicom(path: str | Path) -> USImage:
     pixels = _decode(path, ds, photometric)
     # pydicom returns (H, W[, 3]) for one frame and (T, H, W[, 3]) for several.
     is_rgb = pixels.ndim == (4 if frames > 1 else 3)
+    expected_shape = (frames,) * (frames > 1) + (rows, columns) + (3,) * is_rgb
+    if pixels.shape != expected_shape or (is_rgb and photometric.startswith("MONO")):
+        raise InputError(path, f"decoded pixels of shape {pixels.shape} do not match the header "
+                               f"({frames} frame(s) of {columns} x {rows}, {photometric})")
 
     info = ImageInfo(path=str(path), format="dicom", modality=modality,
                      photometric=photometric,
@@ -70,12 +106,22 @@ def _read_dataset(path: Path) -> Dataset:
     return ds
 
 
+def _int(path: Path, ds: Dataset, keyword: str, default: int) -> int:
+    """An integer header attribute; missing or empty gives `default`, garbage an InputError."""
+    try:
+        value = ds.get(keyword, default)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(path, f"invalid {keyword} in the DICOM header") from None
+
+
 def _check_header(path: Path, ds: Dataset, rows: int, columns: int, frames: int,
                   modality: str | None, photometric: str) -> None:
-    if "PixelData" not in ds:
+    if "PixelData" not in ds or not ds.PixelData:  # absent, or of length 0 (value None)
         kind = "" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else " (no pixel data)"
+        sop_class = str(getattr(ds.get("SOPClassUID"), "name", "unknown"))
         raise InputError(path, f"DICOM file holds no image{kind}; SOP class "
-                               f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}")
+                               f"{sop_class if sop_class.isprintable() else repr(sop_class)}")
     problem = check_frame_size(rows, columns)
     if problem:
         raise InputError(path, problem)
@@ -85,21 +131,45 @@ def _check_header(path: Path, ds: Dataset, rows: int, columns: int, frames: int,
         raise InputError(path, f"a 3D {modality} volume of {frames} slices, not 2D ultrasound")
     if photometric not in SUPPORTED_PHOTOMETRICS:
         raise InputError(path, f"unsupported photometric interpretation {photometric!r}")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 8) or 8)
+    samples = _int(path, ds, "SamplesPerPixel", 1)
+    bits = _int(path, ds, "BitsAllocated", 8)
     if samples not in (1, 3) or bits not in (1, 8, 16, 32):
         raise InputError(path, f"unsupported pixel layout: SamplesPerPixel {samples}, BitsAllocated {bits}")
     out_samples = 3 if photometric == "PALETTE COLOR" else samples
     problem = check_pixel_bytes(rows * columns * frames * out_samples * max(bits // 8, 1))
     if problem:
         raise InputError(path, problem)
-    if not ds.file_meta.get("TransferSyntaxUID", None) or ds.file_meta.TransferSyntaxUID.is_compressed:
+    syntax = ds.file_meta.get("TransferSyntaxUID", None)
+    if not syntax:
+        return
+    try:
+        compressed = syntax.is_compressed
+    except ValueError:  # pydicom: "UID is not a transfer syntax" (private or another kind of UID)
+        raise InputError(path, f"unknown transfer syntax UID {str(syntax)[:64]!r}") from None
+    if compressed:
+        _check_fragments(path, ds, frames)
         return
     expected = rows * columns * frames * samples * bits // 8
     actual = len(ds.PixelData)
-    if actual < expected:
+    frame_bytes = max(rows * columns * samples * bits // 8, 1)
+    # Odd lengths are padded to even; a whole frame or more of surplus means the header lies.
+    if actual < expected or actual - expected >= frame_bytes:
         raise InputError(path, f"pixel data has {actual} bytes, {rows} x {columns} x {frames} frames "
                                f"x {samples} samples need {expected}")
+
+
+def _check_fragments(path: Path, ds: Dataset, frames: int) -> None:
+    """Encapsulated data needs at least one fragment per frame: refuse a frame-count claim (a
+    2,000-frame cine with data for 4) before the decoder allocates the claimed frames."""
+    from pydicom.encaps import parse_fragments
+
+    try:
+        items = parse_fragments(ds.PixelData)[0]
+    except (ValueError, TypeError, EOFError) as exc:
+        raise InputError(path, f"encapsulated pixel data is corrupt ({str(exc).splitlines()[0][:120]})") from None
+    if items - 1 < frames:  # the first item is the basic offset table
+        raise InputError(path, f"encapsulated pixel data holds {max(items - 1, 0)} fragment(s), "
+                               f"fewer than the {frames} frames the header claims")
 
 
 def _decode(path: Path, ds: Dataset, photometric: str) -> np.ndarray:
@@ -116,7 +186,8 @@ def _decode(path: Path, ds: Dataset, photometric: str) -> np.ndarray:
     except NotImplementedError as exc:
         raise InputError(path, f"cannot decode transfer syntax "
                                f"{ds.file_meta.TransferSyntaxUID.name}: {exc}") from exc
-    except (ValueError, RuntimeError, KeyError, AttributeError, TypeError, IndexError) as exc:
+    except (ValueError, RuntimeError, KeyError, AttributeError, TypeError, IndexError, StopIteration,
+            EOFError, OverflowError) as exc:
         raise InputError(path, f"pixel data cannot be decoded ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:120]})") from exc
     if photometric == "MONOCHROME1":
@@ -183,10 +254,14 @@ def _spacing(path: Path, ds: Dataset, info: ImageInfo) -> tuple[tuple[float, flo
         found, source = (region.delta_x * CM_TO_MM, region.delta_y * CM_TO_MM), "ultrasound_region"
     else:
         for keyword, name in (("PixelSpacing", "pixel_spacing"), ("ImagerPixelSpacing", "imager_pixel_spacing")):
-            value = ds.get(keyword)
-            if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+            try:
+                value = ds.get(keyword)
+                pair = (float(value[1]), float(value[0])) if value is not None and len(value) == 2 else None
+            except (TypeError, ValueError, OverflowError):
+                raise InputError(path, f"invalid {keyword} in the DICOM header (not two numbers)") from None
+            if pair is not None and pair[0] > 0 and pair[1] > 0:
                 # DICOM gives (row spacing, column spacing) = (y, x).
-                found, source = (float(value[1]), float(value[0])), name  # type: ignore[assignment]
+                found, source = pair, name  # type: ignore[assignment]
                 break
     if found is None:
         info.warnings.append("no pixel spacing in the file: sizes are in pixels, not calibrated (1 mm assumed)")

@@ -30,7 +30,13 @@ def read_itk(path: str | Path, *, as_cine: bool = False) -> USImage:
         raise InputError(path, f"cannot read image header ({_itk_reason(exc)})") from exc
     size = list(reader.GetSize())
     components = reader.GetNumberOfComponents()
-    _check_size(path, size, components, np.dtype(_numpy_dtype(reader)).itemsize)
+    itemsize = np.dtype(_numpy_dtype(reader)).itemsize
+    _check_size(path, size, components, itemsize)
+    nbytes = int(np.prod(size, dtype=np.int64)) * components * itemsize
+    if path.name.lower().endswith(".nii"):
+        _check_nifti_data(path, nbytes)
+    elif path.name.lower().endswith(".nrrd"):
+        _check_nrrd_data(path, nbytes)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -94,6 +100,58 @@ def _check_size(path: Path, size: list[int], components: int, itemsize: int) -> 
     problem = check_pixel_bytes(voxels * components * itemsize)
     if problem:
         raise InputError(path, problem)
+
+
+# Deflate cannot expand data more than about 1032-fold.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_nrrd_data(path: Path, nbytes: int) -> None:
+    """ITK allocates (and zero-fills) what the header claims before it finds the data short: a
+    2,000-frame claim in a 4 KiB file would cost gigabytes. Refuse such claims from the file size."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end = head.find(b"\n\n")
+    if not head.startswith(b"NRRD") or end < 0:
+        return
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep and not value.startswith("=") and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip().lower()
+    if fields.keys() & {"data file", "datafile", "line skip", "lineskip", "byte skip", "byteskip"}:
+        return
+    available = path.stat().st_size - (end + 2)
+    encoding = fields.get("encoding", "")
+    if encoding == "raw" and available < nbytes:
+        raise InputError(path, f"NRRD file holds {available} bytes of pixel data, its header claims {nbytes}")
+    if encoding in ("gzip", "gz") and available * _MAX_DEFLATE_RATIO < nbytes:
+        raise InputError(path, f"NRRD header claims {nbytes} bytes, more than {available} bytes of gzip "
+                               "data can hold")
+
+
+def _check_nifti_data(path: Path, nbytes: int) -> None:
+    """ITK's NIfTI reader fills missing voxel data and replaces NaN/Inf by 0 without an error; an
+    uncompressed .nii is checked here: all voxel bytes present and, for float data, finite."""
+    import struct
+
+    with open(path, "rb") as fh:
+        header = fh.read(348)
+    if len(header) < 348:
+        raise InputError(path, "NIfTI header is truncated")
+    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+    datatype = struct.unpack(endian + "h", header[70:72])[0]
+    offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    available = path.stat().st_size - offset
+    if available < nbytes:
+        raise InputError(path, f"NIfTI file holds {max(available, 0)} bytes of voxel data, its header "
+                               f"needs {nbytes}")
+    floats = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+    if datatype in floats:
+        data = np.fromfile(path, dtype=endian + floats[datatype], count=nbytes // int(floats[datatype][1]),
+                           offset=offset)
+        if not np.all(np.isfinite(data)):
+            raise InputError(path, "pixel data holds NaN or infinite values")
 
 
 def _squeeze_sequence(path: Path, pixels: np.ndarray, spacing: list[float], origin: list[float],

@@ -79,6 +79,8 @@ def _check_header_size(path: Path) -> None:
         with Image.open(path) as im:
             width, height = im.size
             frames = getattr(im, "n_frames", 1)
+    except Image.DecompressionBombError as exc:  # PIL refuses claims above 2 x MAX_IMAGE_PIXELS
+        raise InputError(path, f"image is too large ({str(exc).split(',')[0]})") from None
     except Exception:  # noqa: BLE001 - let the full decoder produce the precise error
         return
     problem = check_frame_size(height, width)
@@ -87,3 +89,20 @@ def _check_header_size(path: Path) -> None:
     problem = check_pixel_bytes(width * height * frames * 3)
     if problem or width * height > _MAX_PIXELS:
         raise InputError(path, problem or f"image of {width} x {height} pixels is too large")
+    _verify_png(path)
+
+
+def _verify_png(path: Path) -> None:
+    """PIL checks the CRC of PNG header chunks only; `verify` checks every chunk's CRC, so a damaged
+    file is refused instead of decoded into wrong pixels."""
+    from PIL import Image
+
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises SyntaxError, OSError, struct.error, ...
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InputError(path, f"cannot decode image (corrupt PNG file: {reason})") from None

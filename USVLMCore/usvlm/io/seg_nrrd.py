@@ -43,26 +43,69 @@ def write_seg_nrrd(path: str | os.PathLike[str], segments: Sequence[Segment], ge
 
 def read_seg_nrrd(path: str | os.PathLike[str]) -> SegmentationResult:
     """Read a .seg.nrrd into masks ((H, W) for a single slice, else (T, H, W)) and geometry."""
+    if not Path(path).is_file():
+        raise InputError(path, "file not found")
+    if Path(path).stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
     try:
+        # slicerio and pynrrd raise many types for damaged files (StopIteration, zlib.error,
+        # ImportError for NIfTI without nibabel, ...): any of them means an unusable file.
         segmentation = slicerio.read_segmentation(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(path, f"not a readable segmentation file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"not a readable segmentation file ({_reason(exc)})") from exc
     voxels = segmentation["voxels"]
     if voxels is None or not segmentation.get("segments"):
         raise InputError(path, "segmentation file has no segments")
+    if voxels.ndim not in (3, 4):
+        raise InputError(path, f"segmentation voxels have {voxels.ndim} dimensions; expected 3 "
+                               "(one layer) or 4 (layers)")
+    _check_segment_labels(path, segmentation["segments"], voxels)
 
-    ijk_to_ras = np.asarray(segmentation["ijkToLPS"], dtype=float).copy()
-    ijk_to_ras[:3, :] = LPS_TO_RAS @ ijk_to_ras[:3, :]
-    geometry = Geometry.from_ijk_to_ras(ijk_to_ras)
+    try:
+        ijk_to_ras = np.asarray(segmentation["ijkToLPS"], dtype=float).copy()
+        ijk_to_ras[:3, :] = LPS_TO_RAS @ ijk_to_ras[:3, :]
+        geometry = Geometry.from_ijk_to_ras(ijk_to_ras)
+    except (ValueError, TypeError) as exc:
+        raise InputError(path, f"invalid geometry in the segmentation header ({_reason(exc)})") from exc
 
     segments = []
     for info in segmentation["segments"]:
-        frames = slicerio.segment_mask(segmentation, info).transpose(2, 1, 0)
-        terminology = info.get("terminology")
-        segments.append(Segment(
-            name=info.get("name", info["id"]),
-            mask=frames[0] if frames.shape[0] == 1 else frames,
-            color=tuple(info.get("color", DEFAULT_COLOR)),  # type: ignore[arg-type]
-            terminology=Terminology.from_slicer(terminology) if terminology else DEFAULT_TERMINOLOGY,
-        ))
+        try:
+            frames = slicerio.segment_mask(segmentation, info).transpose(2, 1, 0)
+            terminology = info.get("terminology")
+            segments.append(Segment(
+                name=info.get("name", info["id"]),
+                mask=frames[0] if frames.shape[0] == 1 else frames,
+                color=tuple(info.get("color", DEFAULT_COLOR)),  # type: ignore[arg-type]
+                terminology=Terminology.from_slicer(terminology) if terminology else DEFAULT_TERMINOLOGY,
+            ))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise InputError(path, f"segment {info.get('id', '?')!r} cannot be read "
+                                   f"({_reason(exc)})") from exc
     return SegmentationResult(segments=segments, geometry=geometry)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else "") or type(exc).__name__
+
+
+def _check_segment_labels(path: str | os.PathLike[str], segments: list[dict], voxels: np.ndarray) -> None:
+    """Segment IDs are unique, and no two segments share a label value in a layer (Slicer never
+    writes either: such a file would give two segments the same mask)."""
+    layers = voxels.shape[0] if voxels.ndim == 4 else 1
+    ids: set[str] = set()
+    owners: dict[tuple[int, int], str] = {}
+    for info in segments:
+        segment_id = str(info.get("id"))
+        if segment_id in ids:
+            raise InputError(path, f"segment ID {segment_id!r} is used by two segments")
+        ids.add(segment_id)
+        layer, label = info.get("layer", 0), info.get("labelValue", 1)
+        if not 0 <= layer < layers:
+            raise InputError(path, f"segment {segment_id!r} is in layer {layer}, but the file has "
+                                   f"{layers} layer(s)")
+        if (layer, label) in owners:
+            raise InputError(path, f"segments {owners[layer, label]!r} and {segment_id!r} both use label "
+                                   f"value {label} in layer {layer}")
+        owners[layer, label] = segment_id

@@ -157,6 +157,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(path, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(path, "not a usable manifest: JSON nested too deeply") from None
     validate_manifest(manifest, path)
     return manifest
 

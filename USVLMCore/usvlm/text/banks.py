@@ -321,6 +321,8 @@ def load_bank(path: str | os.PathLike[str], schema: str | os.PathLike[str] | Non
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}): "
                                f"{exc.msg}") from None
+    except RecursionError:
+        raise InputError(path, "not a usable prompt bank: JSON nested too deeply") from None
     schema_path = Path(schema) if schema is not None else _schema_path(path.parent)
     return bank_from_dict(data, path, _validator(schema_path.resolve()))
 
