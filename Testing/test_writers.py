@@ -406,3 +406,34 @@ def test_mask2seg_cine_reference_with_volume_mask(tmp_path, dciodvfy):
         source_sop_instance_uid=reference.info.dicom_header.SOPInstanceUID,
         source_frame_numbers=list(range(1, 31)), assert_missing_frames_are_empty=True)
     assert np.array_equal(pixels[..., 0].astype(bool), masks > 0)
+
+
+def test_deidentified_dicom_seg_keeps_references_only(tmp_path, dciodvfy):
+    import subprocess
+
+    import highdicom as hd
+    import numpy as np
+    import pydicom
+    from conftest import us_file
+
+    from usvlm.io import Segment, read_image, write_dicom_seg
+
+    ds = pydicom.dcmread(us_file("US1_UNCR.dcm"))
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane^Quincy", "PID-8675309", "19700101"
+    ds.AccessionNumber = "ACC-424242"
+    src = tmp_path / "named.dcm"
+    ds.save_as(src)
+    image = read_image(src)
+    mask = np.zeros(image.frame_shape, bool)
+    mask[100:200, 200:300] = True
+    out = write_dicom_seg(tmp_path / "seg.dcm", [Segment("Mass", mask)], image, deidentify=True)
+    raw = out.read_bytes()
+    for secret in (b"Doe^Jane", b"PID-8675309", b"19700101", b"ACC-424242"):
+        assert secret not in raw
+    seg = hd.seg.segread(out)
+    assert seg.PatientIdentityRemoved == "YES"
+    assert seg.StudyInstanceUID == ds.StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == \
+        ds.SOPInstanceUID
+    report = subprocess.run([dciodvfy, str(out)], capture_output=True, text=True)
+    assert not [ln for ln in (report.stdout + report.stderr).splitlines() if ln.startswith("Error")]

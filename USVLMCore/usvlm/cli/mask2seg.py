@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="segment colour, 0-255 or 0-1 per channel")
     p.add_argument("-o", "--output", required=True, metavar="OUT.seg.nrrd", help="segmentation to write")
     p.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write a DICOM SEG (DICOM reference only)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM SEG without patient and study attributes (UID references kept)")
     return p
 
 
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     segments = segments_from_labels(mask_labels(mask, reference), mask.info.path, name, terminology, color)
 
     # Build the DICOM SEG before writing anything, so its errors leave no output behind.
-    dicom_seg = build_dicom_seg(segments, reference) if dicom_output is not None else None
+    dicom_seg = build_dicom_seg(segments, reference, deidentify=args.deidentify) \
+        if dicom_output is not None else None
     written: list[Path] = []
     try:
         # The .seg.nrrd lands only when the DICOM SEG was written too.

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="keep every component (default: the largest)")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     p.add_argument("--dicom-seg", action="store_true", help="also write DICOM SEG (DICOM inputs)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM SEG without patient and study attributes (UID references kept)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG overlay")
     p.add_argument("--json", action="store_true",
                    help="also write measurements and classification as JSON beside each result")
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             with AtomicGroup() as group:
                 write_seg_nrrd(group.path(target), segments, image.geometry)
                 if args.dicom_seg:
-                    write_dicom_seg(group.path(target.with_name(stem + ".dcm")), segments, image)
+                    write_dicom_seg(group.path(target.with_name(stem + ".dcm")), segments, image,
+                                    deidentify=args.deidentify)
                 if args.overlay:
                     write_overlay_png(group.path(target.with_name(stem + ".png")), image, segments)
                 if args.json:

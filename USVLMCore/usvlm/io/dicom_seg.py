@@ -132,10 +132,36 @@ def _spread_over_source_frames(seg: Dataset, stack: np.ndarray) -> None:
     seg.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
 
 
+# Patient and study attributes highdicom copies from the source, emptied by `deidentify`.
+# The study, series and instance UIDs stay: the standard needs them to reference the source.
+_IDENTIFYING = ("PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "OtherPatientIDs",
+                "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime",
+                "IssuerOfPatientID", "PatientComments", "EthnicGroup")
+
+
+def deidentify_seg(seg: Dataset) -> None:
+    """Blank the patient and study attributes copied from the source; keep the UID references.
+
+    The patient ID becomes a pseudonym (a hash of the original and the study UID), so SEGs of the
+    same patient and study still group together without revealing the ID."""
+    import hashlib
+
+    original = f"{seg.get('PatientID', '')}|{seg.get('StudyInstanceUID', '')}"
+    seg.PatientID = "USVLM-" + hashlib.sha256(original.encode()).hexdigest()[:16].upper()
+    for keyword in _IDENTIFYING:
+        if keyword in seg:
+            setattr(seg, keyword, "")
+    seg.PatientIdentityRemoved = "YES"
+    seg.DeidentificationMethod = "USVLM: patient and study attributes removed, UID references kept"
+
+
 def build_dicom_seg(segments: Sequence[Segment], source: USImage | Dataset, *,
                     series_number: int = SERIES_NUMBER,
-                    algorithm_version: str = __version__) -> Dataset:
-    """A binary DICOM SEG dataset of `segments` (masks on the source grid) for the source instance."""
+                    algorithm_version: str = __version__, deidentify: bool = False) -> Dataset:
+    """A binary DICOM SEG dataset of `segments` (masks on the source grid) for the source instance.
+
+    `deidentify`: copy only the references the standard needs, not the patient's name, birth
+    date, accession number and the like (see `deidentify_seg`)."""
     import highdicom as hd
 
     header, name = _source_header(source)
@@ -174,6 +200,8 @@ def build_dicom_seg(segments: Sequence[Segment], source: USImage | Dataset, *,
         # General Image module: Type 2C when the image has no patient position/orientation;
         # the SEG shares the source's pixel grid, so it shares its orientation too.
         seg.PatientOrientation = header.get("PatientOrientation", "")
+    if deidentify:
+        deidentify_seg(seg)
     return seg
 
 
