@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# Set up (or reuse) the environment, then run the main job on the bundled sample data.
+# Set up (or reuse) the environment, then run the main job on the bundled sample: contour a breast
+# ultrasound DICOM with the bundled default model by text prompt, and write a Slicer segmentation
+# (.seg.nrrd), a DICOM SEG, an overlay PNG and the measurements (JSON).
 # Output goes to ./out/demo (override with USVLM_DEMO_OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 PY="${USVLM_VENV:-.venv}/bin"
 OUT="${USVLM_DEMO_OUT:-out/demo}"
+SAMPLE=Resources/Samples/phantom_breast_us.dcm
 mkdir -p "$OUT"
 
-echo "== 1. describe the bundled ultrasound DICOM sample"
-"$PY/usvlm" info Resources/Samples/phantom_breast_us.dcm
+echo "== the bundled sample"
+"$PY/usvlm" info "$SAMPLE"
 
-echo; echo "== 2. render a small synthetic phantom data set (USVLM-Phantom v1)"
-"$PY/usvlm" phantom --out "$OUT/phantom" --count 24 --seed 7 --size 256 --overwrite
+echo; echo "== contour 'breast mass' and 'cyst' with the bundled default model"
+"$PY/usvlm" segment "$SAMPLE" --prompt "breast mass" --prompt cyst \
+  -o "$OUT/phantom_breast_us.seg.nrrd" --dicom-seg --overlay --json
 
-echo; echo "== 3. bring the sample's reference mask into Slicer formats (.seg.nrrd + DICOM SEG)"
-"$PY/usvlm" mask2seg Resources/Samples/phantom_breast_us_mask.png \
-  --reference Resources/Samples/phantom_breast_us.dcm --name "breast mass" --organ breast \
-  -o "$OUT/phantom_breast_us.seg.nrrd" --dicom-seg "$OUT/phantom_breast_us_seg.dcm"
-echo "wrote $OUT/phantom_breast_us.seg.nrrd and $OUT/phantom_breast_us_seg.dcm (open them in 3D Slicer over the DICOM image)"
+echo; echo "== measurements and classification ($OUT/phantom_breast_us.json)"
+"$PY/python" - "$OUT/phantom_breast_us.json" <<'PYEOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+for s in report["segments"]:
+    m = s["measurements"]
+    line = (f"{s['name']:<12} score {s['score']:.2f}  area {m['area']:.1f} {m['unit']}^2  "
+            f"long {m['long_axis']:.1f} {m['unit']}  short {m['short_axis']:.1f} {m['unit']}  "
+            f"taller-than-wide {m['taller_than_wide']}")
+    if "classification" in s:
+        line += f"  malignant {s['classification']['malignant']:.2f}"
+    print(line)
+PYEOF
+echo; echo "wrote $OUT/phantom_breast_us.seg.nrrd (open it in 3D Slicer over the DICOM image),"
+echo "      $OUT/phantom_breast_us.dcm (DICOM SEG), $OUT/phantom_breast_us.png (overlay)"

@@ -194,6 +194,13 @@ class SelfTests:
         ids = logic.process(p)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(p.outputSegmentation, ids[0], node)
         self.assertGreater(int(mask.sum()), 0)
+        # Golden mask: made by the core with the same model on the same image (the pytest suite
+        # checks that the core still reproduces it).
+        from usvlm.io import read_seg_nrrd
+
+        golden = read_seg_nrrd(sample.with_name("phantom_breast_us_golden.seg.nrrd")).segments[0]
+        want = golden.mask if golden.mask.ndim == 3 else golden.mask[np.newaxis]
+        self.assertGreaterEqual(dice(mask.astype(bool), want), DICE_MIN)
         row = logic.session.rows()[0]
         self.assertIsNotNone(row.malignant)
         logic.shutdown()
