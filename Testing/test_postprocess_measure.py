@@ -126,3 +126,13 @@ def test_relative_echogenicity():
 def test_empty_mask_measures_zero():
     m = measure_mask(np.zeros((10, 10), bool), (0.1, 0.1))
     assert m.area == 0 and m.components == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(mask=arrays(bool, st.tuples(st.integers(1, 40), st.integers(1, 40))))
+def test_fast_fill_holes_equals_scipy(mask):
+    from scipy import ndimage
+
+    from usvlm.postprocess import fill_holes
+
+    np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))

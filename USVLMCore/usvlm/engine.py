@@ -202,10 +202,11 @@ class Segmenter:
     # -- encoders ------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_image(self, image: USImage, frames: str | int | Sequence[int] | None = None, *,
-                     progress: Progress | None = None, cancel: CancelToken | None = None) -> _CachedImage:
+                     progress: Progress | None = None, cancel: CancelToken | None = None,
+                     key: str | None = None) -> _CachedImage:
         """Prepare and encode the chosen frames (cached by content); frames run in batches."""
         chosen = select_frames(image, frames)
-        key = image_key(image, chosen)
+        key = key or image_key(image, chosen)
         if key in self._images:
             self._images.move_to_end(key)
             return self._images[key]
@@ -290,8 +291,9 @@ class Segmenter:
         chosen = select_frames(image, frames)
         resolved, text = self.encode_prompts(prompts)
         t1 = time.perf_counter()
-        fresh = image_key(image, chosen) not in self._images
-        cached = self.encode_image(image, chosen, progress=progress, cancel=cancel)
+        key = image_key(image, chosen)
+        fresh = key not in self._images
+        cached = self.encode_image(image, chosen, progress=progress, cancel=cancel, key=key)
         t2 = time.perf_counter()
         maps = self.probability_maps(cached, text.to(self.device), cancel=cancel)
         t3 = time.perf_counter()

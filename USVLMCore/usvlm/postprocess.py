@@ -62,6 +62,20 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Same result as `ndimage.binary_fill_holes` (4-connected background), several times faster
+    on large images: a hole is a background component that does not touch the image border."""
+    mask = np.asarray(mask, dtype=bool)
+    background, count = ndimage.label(~mask)
+    if count == 0:
+        return mask
+    outside = np.zeros(count + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[background]
+
+
 def remove_small_components(mask: np.ndarray, min_area_mm2: float, spacing_mm: tuple[float, float]) -> np.ndarray:
     if min_area_mm2 <= 0:
         return mask.astype(bool)
@@ -87,7 +101,7 @@ def postprocess_frame(prob: np.ndarray, options: PostprocessOptions, spacing_mm:
     elif options.keep_largest:
         mask = largest_component(mask)
     if options.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        mask = fill_holes(mask)
         if field_of_view is not None:
             mask &= field_of_view
     return mask
