@@ -146,19 +146,10 @@ def validate_manifest(manifest: Any, source: str | os.PathLike[str] = MANIFEST_N
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a manifest file."""
+    from usvlm.io.jsonfile import read_json
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(path, "missing (not a USVLM model)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"cannot be read: {e}") from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(path, f"not valid JSON: {e}") from None
-    except RecursionError:
-        raise CheckpointError(path, "not a usable manifest: JSON nested too deeply") from None
+    manifest = read_json(path, "model manifest", CheckpointError)
     validate_manifest(manifest, path)
     return manifest
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from usvlm.errors import InputError
+from usvlm.io.jsonfile import read_json
 from usvlm.text.terminology import DICOM_MASTER_LIST, REGIONS, RGB, TERMS, Code, Terminology
 
 PROMPT_DIR_ENV = "USVLM_PROMPT_DIR"
@@ -310,19 +311,7 @@ def bank_from_dict(data: Any, path: Path, validator: Any) -> Bank:
 def load_bank(path: str | os.PathLike[str], schema: str | os.PathLike[str] | None = None) -> Bank:
     """Read and validate one bank file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "prompt bank file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the prompt bank: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}): "
-                               f"{exc.msg}") from None
-    except RecursionError:
-        raise InputError(path, "not a usable prompt bank: JSON nested too deeply") from None
+    data = read_json(path, "prompt bank")
     schema_path = Path(schema) if schema is not None else _schema_path(path.parent)
     return bank_from_dict(data, path, _validator(schema_path.resolve()))
 
