@@ -201,3 +201,21 @@ def test_text_encoding_on_trimmed_context_is_exact():
     with torch.no_grad():
         full = F.normalize(model.backbone.model.encode_text(tokens).float(), dim=-1)
         np.testing.assert_allclose(model.backbone.encode_text(texts), full, atol=1e-6)
+
+
+def test_text_encoder_weights_are_verified_by_sha256(tmp_path):
+    """A model with the packaged MiniLM text encoder records its sha256 and refuses another one."""
+    import json
+
+    from usvlm.model.backbones import small_vit_minilm_config
+    from usvlm.model.vlm import build_model
+
+    path = build_model(small_vit_minilm_config(image_size=64, layers=2, width=64), seg_width=32).save(
+        tmp_path / "m")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert len(manifest["backbone"]["text_weights_sha256"]) == 64
+    assert load_model(path).backbone.text_weights_path.name == "model.safetensors"
+    manifest["backbone"]["text_weights_sha256"] = "0" * 64  # as if trained with another encoder
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="text encoder weights differ"):
+        load_model(path)

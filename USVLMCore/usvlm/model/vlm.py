@@ -231,7 +231,15 @@ def _backbone_spec(backbone: Backbone, source: str | Mapping[str, Any], pretrain
                             "weights_sha256": weights_sha256(backbone.weights_path) if external else None}
     if pretrained:
         spec["pretrained"] = str(pretrained)
+    if backbone.text_weights_path is not None:  # e.g. MiniLM, resolved from its package
+        spec["text_weights_sha256"] = weights_sha256(backbone.text_weights_path)
     return spec
+
+
+def _verify_sha256(path: Path | None, expected: str | None, what: str) -> None:
+    if expected and path is not None and weights_sha256(path) != expected:
+        raise CheckpointError(path, f"{what} differ from those the model was trained with "
+                                    "(sha256 mismatch)")
 
 
 def build_model(backbone: str | Mapping[str, Any] | Backbone, *, pretrained: str | None = None,
@@ -278,10 +286,8 @@ def _rebuild(manifest: Mapping[str, Any]) -> USVLMModel:
         bb = build_backbone(spec["config"], level_indices=levels)
     else:
         bb = build_backbone(spec["id"], spec.get("pretrained"), level_indices=levels)
-        expected = spec.get("weights_sha256")
-        if expected and bb.weights_path is not None and weights_sha256(bb.weights_path) != expected:
-            raise CheckpointError(bb.weights_path, f"backbone weights differ from those the model was "
-                                                   f"trained on (sha256 mismatch for {spec['id']})")
+        _verify_sha256(bb.weights_path, spec.get("weights_sha256"), f"backbone weights of {spec['id']}")
+    _verify_sha256(bb.text_weights_path, spec.get("text_weights_sha256"), "text encoder weights")
     adapter = dict(manifest["adapter"])
     adapter.pop("type", None)
     inject_adapters(bb, AdapterConfig.from_dict(adapter))

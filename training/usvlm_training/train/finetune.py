@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from usvlm.errors import InputError
 from usvlm.model.adapters import AdapterConfig, has_adapters, inject_adapters
 from usvlm.model.heads import TemperatureScaler
-from usvlm.model.vlm import USVLMModel, build_model, load_model
+from usvlm.model.vlm import USVLMModel, build_model, load_model, weights_sha256
 
 from ..data import few_shot, open_dataset
 from ..data.torch_dataset import SegmentationDataset, collate
@@ -87,6 +87,8 @@ def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
             inject_adapters(model.backbone, _adapter_config(cfg))
         model.backbone.freeze()
         model.name = cfg.name
+        if model.backbone.text_weights_path is not None:  # record the text encoder trained with
+            model.backbone_spec["text_weights_sha256"] = weights_sha256(model.backbone.text_weights_path)
         return model
     if not cfg.backbone:
         raise InputError(None, "give --model (a model directory to start from) or --backbone")

@@ -99,6 +99,7 @@ class Backbone(nn.Module):
         self.frozen = False
         self.adapter_config: Any = None  # set by usvlm.model.adapters.inject_adapters
         self.weights_path: Path | None = None  # the weights file it was built from (None: random)
+        self.text_weights_path: Path | None = None  # a separately loaded HF text encoder's weights
         self.eval()  # like a pretrained model from a hub: no dropout until training asks for it
 
     # -- geometry -------------------------------------------------------------------------------
@@ -418,7 +419,17 @@ def build_backbone(model: str | Mapping[str, Any], pretrained: str | os.PathLike
                         level_indices=level_indices)
     # Checkpoints record (and verify) the sha256 of externally resolved weights.
     backbone.weights_path = source.checkpoint
+    backbone.text_weights_path = _hf_text_weights(overrides)
     return backbone
+
+
+def _hf_text_weights(overrides: Mapping[str, Any]) -> Path | None:
+    """The weights file of a Hugging Face text encoder loaded from its own folder (e.g. MiniLM)."""
+    text_cfg = overrides.get("text_cfg") or {}
+    if not text_cfg.get("hf_model_pretrained"):
+        return None
+    folder = Path(text_cfg["hf_model_name"])
+    return next((folder / n for n in rs.HF_WEIGHTS if (folder / n).is_file()), None)
 
 
 def load_local_dir(path: str | os.PathLike[str], **kwargs: Any) -> Backbone:
