@@ -8,12 +8,22 @@ import numpy as np
 
 from usvlm.engine import PromptResult, SegmentationOutput, Segmenter
 from usvlm.io.segmentation import Segment
+from usvlm.io.volume_arrays import frames_to_volume_array
 from usvlm.measure import measure_mask
 
 
 def to_segments(output: SegmentationOutput) -> list[Segment]:
-    """One segment per prompt (name, colour, terminology from the resolved prompt)."""
-    return [Segment(r.prompt.name, r.mask, r.prompt.color, r.prompt.terminology) for r in output.results]
+    """One segment per prompt (name, colour, terminology from the resolved prompt), with masks on
+    the whole image: a run on some frames of a cine leaves the other frames empty."""
+    image = output.image
+
+    def whole(mask: np.ndarray) -> np.ndarray:
+        if not image.is_cine or len(output.frames) == image.frames:
+            return mask
+        return frames_to_volume_array(mask, output.frames, image.frames).astype(bool)
+
+    return [Segment(r.prompt.name, whole(r.mask), r.prompt.color, r.prompt.terminology)
+            for r in output.results]
 
 
 def _grey(output: SegmentationOutput) -> np.ndarray:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from usvlm.cli._common import expand_inputs, spacing_arg
+from usvlm.cli._common import expand_inputs, output_names, spacing_arg
 from usvlm.engine import Segmenter
 from usvlm.errors import InputError, OutputError, USVLMError
 from usvlm.io.atomic import atomic_output
@@ -37,16 +37,6 @@ def rank_segmenter(model: str | os.PathLike[str], device: str, info: DistInfo, *
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
     threads = max(1, (os.cpu_count() or 1) // max(1, local_world))
     return Segmenter(model, device=info.device, threads=threads, **kwargs)
-
-
-def output_names(inputs: Sequence[Path]) -> list[str]:
-    """`<stem>.seg.nrrd` per input; two inputs with one stem would overwrite each other."""
-    stems = [p.name.split(".")[0] or p.name for p in inputs]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise InputError(None, f"inputs share the output name(s) {duplicates}; "
-                               "run them into different output folders")
-    return [f"{s}.seg.nrrd" for s in stems]
 
 
 def json_safe(value: Any) -> Any:

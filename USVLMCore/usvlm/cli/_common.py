@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
+from usvlm.errors import InputError
 from usvlm.io.raster_reader import RASTER_SUFFIXES
 from usvlm.io.itk_reader import ITK_SUFFIXES
 
@@ -36,3 +38,13 @@ def expand_inputs(paths: list[str]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def output_names(inputs: Sequence[Path]) -> list[str]:
+    """`<stem>.seg.nrrd` per input; two inputs with one stem would overwrite each other."""
+    stems = [p.name.split(".")[0] or p.name for p in inputs]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise InputError(None, f"inputs share the output name(s) {duplicates}; "
+                               "write them into different output folders")
+    return [f"{s}.seg.nrrd" for s in stems]

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from usvlm.cli._common import add_model_args, expand_inputs, spacing_arg
+from usvlm.cli._common import add_model_args, expand_inputs, output_names, spacing_arg
 from usvlm.errors import InputError, OutputError, USVLMError
 
 
@@ -55,13 +55,9 @@ def _targets(inputs: list[Path], output: Path) -> list[Path]:
         return [output]
     if output.exists() and not output.is_dir():
         raise OutputError(output, "several inputs need an output folder")
+    names = output_names(inputs)  # before creating anything
     output.mkdir(parents=True, exist_ok=True)
-    stems = [p.name.split(".")[0] or p.name for p in inputs]
-    duplicates = {s for s in stems if stems.count(s) > 1}
-    if duplicates:
-        raise InputError(None, f"inputs share the output name(s) {sorted(duplicates)}; "
-                               "segment them into different folders")
-    return [output / f"{s}.seg.nrrd" for s in stems]
+    return [output / name for name in names]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(path, "--dicom-seg needs a DICOM input")
             output = segmenter.segment(image, prompts, frames=frames, options=options)
             segments = to_segments(output)
-            if image.is_cine and len(output.frames) != image.frames:
-                segments = _on_all_frames(segments, output.frames, image.frames)
             stem = target.name[: -len(".seg.nrrd")]
             with AtomicGroup() as group:
                 write_seg_nrrd(group.path(target), segments, image.geometry)
@@ -117,17 +111,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {failed} of {len(inputs)} input(s) failed", file=sys.stderr)
         return 2
     return 0
-
-
-def _on_all_frames(segments, frames: list[int], total: int):  # noqa: ANN001, ANN202
-    """Place masks of the segmented frames into full-length cine masks (other frames empty)."""
-    import numpy as np
-
-    from usvlm.io.segmentation import Segment
-
-    out = []
-    for s in segments:
-        full = np.zeros((total, *s.mask.shape[-2:]), dtype=bool)
-        full[frames] = s.frames
-        out.append(Segment(s.name, full, s.color, s.terminology))
-    return out

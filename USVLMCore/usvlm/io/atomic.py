@@ -15,10 +15,16 @@ from pathlib import Path
 from usvlm.errors import OutputError
 
 
-def _default_file_mode() -> int:
-    # mkstemp creates 0600 files; outputs should get the permissions any new file would get.
-    umask = os.umask(0)
-    os.umask(umask)
+def default_file_mode() -> int:
+    """The mode a plain new file gets under the current umask (0o644 under umask 022).
+
+    Temporary files (mkstemp) and safetensors are created 0600; outputs get this mode instead."""
+    try:  # Linux exposes the umask without changing it (os.umask is process-wide, racy)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -35,25 +41,8 @@ def _temp_suffix(target: Path) -> str:
 @contextlib.contextmanager
 def atomic_output(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; move it onto `target` on success."""
-    target = Path(target)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(target, f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(target, f"output folder {folder} is not writable")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + _temp_suffix(target),
-                                    dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        if not tmp.exists() or tmp.stat().st_size == 0:
-            raise OutputError(target, "writer produced no data")
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with AtomicGroup() as group:
+        yield group.path(target)
 
 
 class AtomicGroup:
@@ -70,10 +59,13 @@ class AtomicGroup:
         self._pending: list[tuple[Path, Path]] = []
 
     def path(self, target: str | os.PathLike[str]) -> Path:
+        """A temporary path beside `target` (same format suffix), moved onto it by `commit`."""
         target = Path(target)
         folder = target.parent if str(target.parent) else Path(".")
         if not folder.is_dir():
             raise OutputError(target, f"output folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise OutputError(target, f"output folder {folder} is not writable")
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + _temp_suffix(target),
                                         dir=folder)
         os.close(fd)
@@ -83,9 +75,9 @@ class AtomicGroup:
 
     def commit(self) -> list[Path]:
         for tmp, target in self._pending:
-            if not tmp.exists():
-                raise OutputError(target, "writer produced no file")
-        mode = _default_file_mode()
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise OutputError(target, "writer produced no data")
+        mode = default_file_mode()
         for tmp, target in self._pending:
             os.chmod(tmp, mode)
             os.replace(tmp, target)

@@ -21,9 +21,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from usvlm.errors import InputError
-from usvlm.io.geometry import PLAUSIBLE_SPACING_MM, Geometry
+from usvlm.io.geometry import Geometry
 from usvlm.io.image import ImageInfo, SpacingSource, UltrasoundRegion, USImage
-from usvlm.io.limits import check_frame_size, check_pixel_bytes
+from usvlm.io.limits import check_frame_size, check_pixel_bytes, check_spacing
 
 # Modalities whose multi-frame objects are 3D volumes, not cine loops.
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
@@ -266,10 +266,9 @@ def _spacing(path: Path, ds: Dataset, info: ImageInfo) -> tuple[tuple[float, flo
     if found is None:
         info.warnings.append("no pixel spacing in the file: sizes are in pixels, not calibrated (1 mm assumed)")
         return (1.0, 1.0), "none", False
-    low, high = PLAUSIBLE_SPACING_MM
-    if not all(low <= s <= high for s in found):
-        raise InputError(path, f"implausible pixel spacing {found[0]:.6g} x {found[1]:.6g} mm "
-                               f"(from {source}); expected {low}-{high} mm")
+    problem = check_spacing(found, source)
+    if problem:
+        raise InputError(path, problem)
     return found, source, True
 
 

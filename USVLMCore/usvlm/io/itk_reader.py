@@ -13,9 +13,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from usvlm.errors import InputError
-from usvlm.io.geometry import PLAUSIBLE_SPACING_MM, Geometry
+from usvlm.io.geometry import Geometry
 from usvlm.io.image import ImageInfo, USImage
-from usvlm.io.limits import check_frame_size, check_pixel_bytes
+from usvlm.io.limits import check_frame_size, check_pixel_bytes, check_spacing
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
@@ -68,10 +68,9 @@ def read_itk(path: str | Path, *, as_cine: bool = False) -> USImage:
                                "not a 2D ultrasound image; pass it as a cine if its slices are frames")
     if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
         raise InputError(path, "pixel data holds NaN or infinite values")
-    low, high = PLAUSIBLE_SPACING_MM
-    if not all(low <= s <= high for s in spacing[:2]):
-        raise InputError(path, f"implausible pixel spacing {spacing[0]:.6g} x {spacing[1]:.6g} mm; "
-                               f"expected {low}-{high} mm")
+    problem = check_spacing(spacing[:2])
+    if problem:
+        raise InputError(path, problem)
     try:
         geometry = Geometry.from_lps(spacing, origin, direction)
     except ValueError as exc:

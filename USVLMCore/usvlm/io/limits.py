@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from usvlm.io.geometry import PLAUSIBLE_SPACING_MM
+
 # Decoded pixel data larger than this is refused before decoding (a 20000 x 20000 header claim,
 # a 2,000-frame RGB cine). Override with the environment variable USVLM_MAX_PIXEL_BYTES.
 MAX_PIXEL_BYTES = int(os.environ.get("USVLM_MAX_PIXEL_BYTES", 2 * 1024**3))
@@ -31,3 +33,15 @@ def check_pixel_bytes(nbytes: int) -> str | None:
         return (f"decoded pixel data would take {nbytes / 1024**2:.0f} MiB, above the limit of "
                 f"{MAX_PIXEL_BYTES / 1024**2:.0f} MiB (set USVLM_MAX_PIXEL_BYTES to raise it)")
     return None
+
+
+def check_spacing(spacing_mm: tuple[float, ...], source: str | None = None) -> str | None:
+    """A problem description when an (x, y) pixel spacing cannot be an ultrasound image's
+    (most likely a unit error), else None. `source` says where it came from."""
+    low, high = PLAUSIBLE_SPACING_MM
+    values = [float(s) for s in spacing_mm]
+    if len(values) == 2 and all(low <= s <= high for s in values):
+        return None
+    shown = " x ".join(f"{s:.6g}" for s in values)
+    origin = f" (from {source})" if source else ""
+    return f"implausible pixel spacing {shown} mm{origin}; expected {low}-{high} mm"

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from usvlm.errors import InputError
-from usvlm.io.geometry import PLAUSIBLE_SPACING_MM
+from usvlm.io.limits import check_spacing
 from usvlm.io.image import USImage
 from usvlm.io.itk_reader import ITK_SUFFIXES
 from usvlm.io.raster_reader import RASTER_SUFFIXES
@@ -72,10 +72,9 @@ def with_spacing(image: USImage, spacing_mm: tuple[float, float]) -> USImage:
     """The same image with a user-given pixel spacing (x, y) in mm."""
     from dataclasses import replace
 
-    low, high = PLAUSIBLE_SPACING_MM
-    if len(spacing_mm) != 2 or not all(low <= float(s) <= high for s in spacing_mm):
-        raise InputError(image.info.path, f"implausible pixel spacing {spacing_mm} mm; expected "
-                                          f"{low}-{high} mm")
+    problem = check_spacing(spacing_mm, "the given spacing")
+    if problem:
+        raise InputError(image.info.path, problem)
     info = replace(image.info, spacing_source="user",  # type: ignore[arg-type]
                    warnings=[w for w in image.info.warnings if "spacing" not in w])
     geometry = image.geometry.with_spacing(float(spacing_mm[0]), float(spacing_mm[1]), calibrated=True)

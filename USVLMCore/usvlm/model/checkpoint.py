@@ -22,6 +22,7 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from usvlm.errors import OutputError
+from usvlm.io.atomic import default_file_mode
 from usvlm.model.errors import CheckpointError
 from usvlm.model.manifest import (
     FORMAT_VERSION,
@@ -155,24 +156,13 @@ def save_checkpoint(directory: str | os.PathLike[str],
             manifest_text(_prepare_manifest(manifest, files), directory / MANIFEST_NAME),
             encoding="utf-8")
         # safetensors writes 0600 files; a model shared by several users must stay readable.
-        mode = _file_mode()
+        mode = default_file_mode()
         for name in [WEIGHTS_NAME, MANIFEST_NAME, *extra]:
             os.chmod(tmp / name, mode)
         _move_into_place(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
-
-
-def _file_mode() -> int:
-    """The mode a plain new file gets under the current umask (0o644 under umask 022)."""
-    try:  # Linux exposes the umask without changing it (os.umask is process-wide, racy)
-        with open("/proc/self/status", encoding="ascii") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _sibling(directory: Path, kind: str) -> Path:
