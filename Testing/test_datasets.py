@@ -20,7 +20,9 @@ from usvlm.preprocess import prepare
 from usvlm_training.data import (AugmentConfig, PromptSampler, Sample, Structure, augment_image,
                                  few_shot, open_dataset)
 from usvlm_training.data.prompts import target_indices
-from usvlm_training.data.torch_dataset import ImageTextDataset, SegmentationDataset, collate
+from usvlm_training.data.bank_prompts import bank_prompts, is_held_out
+from usvlm_training.data.torch_dataset import (ImageTextDataset, MultiPromptDataset, SegmentationDataset,
+                                               collate)
 from usvlm_training.phantom import write_dataset
 
 # -- builders of small data sets ----------------------------------------------------------------
@@ -373,3 +375,57 @@ def test_image_text_dataset(phantom_dir):
     assert evaluation[0]["text"] == data.samples[0].structures[0].description
     batch = collate([pairs[i] for i in range(3)])
     assert batch["image"].shape == (3, 1, 64, 64) and len(batch["text"]) == 3
+
+
+def test_multi_prompt_dataset_names_present_classes_then_absent_ones(phantom_dir):
+    data = open_dataset(phantom_dir)
+    classes = ["benign mass", "cyst", "lymph node", "malignant mass", "thyroid nodule"]
+    ds = MultiPromptDataset(data.samples, 64, prompts_per_image=3, seed=4, class_names=classes)
+    assert len(ds) == len(data.samples)
+    for index, sample in enumerate(data.samples):
+        item = ds[index]
+        assert item["mask"].shape == (3, 64, 64) and len(item["prompt"]) == 3
+        present = set(sample.classes)
+        k = min(3, len(present))
+        absent = item["absent"].tolist()
+        assert absent == [False] * k + [True] * (3 - k)  # the image's classes first
+        for text, mask, empty in zip(item["prompt"], item["mask"], absent):
+            assert bool(mask.any()) != empty  # an absent class's target is empty, a present one's not
+        assert item["class_name"] in present and item["label"] in (0, 1)
+        again = ds[index]
+        assert again["prompt"] == item["prompt"] and torch.equal(again["mask"], item["mask"])
+    batch = collate([ds[i] for i in range(3)])
+    assert batch["mask"].shape == (3, 3, 64, 64) and batch["absent"].shape == (3, 3)
+    assert all(len(row) == 3 for row in batch["prompt"])
+    # fewer classes than prompts asked: capped, so every item still stacks
+    assert MultiPromptDataset(data.samples, 64, prompts_per_image=9, class_names=classes).prompts_per_image == 5
+
+
+def test_bank_prompts_hold_out_a_stable_share_never_sampled():
+    keys = ["cyst", "benign mass", "lymph node", "malignant lymph node", "no such class"]
+    bank = bank_prompts(keys, [None, "breast", "thyroid", "neck"])
+    assert "no such class" not in bank.train  # no bank entry: nothing added
+    assert bank.train["benign mass"] and bank.held_out  # the breast bank's benign-mass ensemble
+    for key in bank.train:
+        train, held = set(bank.train[key]), set(bank.held_out.get(key, []))
+        assert not train & held
+        assert all(is_held_out(t) for t in held) and not any(is_held_out(t) for t in train)
+    assert bank_prompts(keys, [None, "breast", "thyroid", "neck"]) == bank  # deterministic
+    sampler = PromptSampler(bank_prompts=bank.train, held_out=bank.held_out_texts())
+    structure = Structure("benign mass", mask=np.ones((4, 4)), malignancy="benign")
+    drawn = {sampler.sample(structure, np.random.default_rng([1, i])).text for i in range(400)}
+    assert drawn & set(bank.train["benign mass"])  # bank texts are trained on ...
+    assert not drawn & set(bank.held_out_texts())  # ... the held-out ones never
+    negatives = {sampler.sample_absent("cyst", np.random.default_rng(i)).text for i in range(200)}
+    assert "cyst" in negatives and not negatives & set(bank.held_out_texts())
+
+
+def test_phantoms_of_several_organs_in_turn(tmp_path):
+    write_dataset(tmp_path / "two", 4, seed=2, size=256, progress=False, organ=["breast", "neck"],
+                  probe="linear")
+    data = open_dataset(tmp_path / "two")
+    assert [s.organ for s in sorted(data.samples, key=lambda s: s.id)] == ["breast", "neck"] * 2
+    assert {s.probe for s in data.samples} == {"linear"}
+    assert json.loads((tmp_path / "two" / "dataset.json").read_text())["organ"] == ["breast", "neck"]
+    with pytest.raises(InputError, match="organ"):
+        write_dataset(tmp_path / "bad", 2, seed=2, progress=False, organ=["breast", "liver"])

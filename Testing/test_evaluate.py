@@ -21,7 +21,8 @@ from usvlm_training.data.prompts import target_indices
 from usvlm_training.evaluate import evaluate
 from usvlm_training.evaluate import main as evaluate_main
 from usvlm_training.infer import infer, json_safe
-from usvlm_training.metrics import SegmentationScores, aggregate, classification_scores, score
+from usvlm_training.metrics import SegmentationScores, aggregate, classification_scores, dice, score
+from usvlm_training.prompt_checks import selectivity_rows, summarize_selectivity
 from usvlm_training.phantom import write_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -164,6 +165,87 @@ def test_torchrun_two_ranks_give_the_single_process_results(work, single):
     assert [g["file"] for g in dist["gallery"]["worst"]] == [g["file"] for g in single["gallery"]["worst"]]
     assert sorted(p.name for p in (work / "dist" / "predictions").iterdir()) == \
         sorted(p.name for p in (work / "single" / "predictions").iterdir())
+    for a, b in zip(dist["prompt_check_cases"]["selectivity"], single["prompt_check_cases"]["selectivity"],
+                    strict=True):
+        assert (a["id"], a["class"]) == (b["id"], b["class"])
+        assert a["other_covered"] == pytest.approx(b["other_covered"], abs=1e-6)
+
+
+# -- prompt selectivity and paraphrases ----------------------------------------------------------
+
+def test_selectivity_row_measures_the_share_of_other_classes_covered():
+    target = np.zeros((20, 20), bool)
+    target[2:8, 2:8] = True
+    other = np.zeros((20, 20), bool)
+    other[10:20, 10:20] = True
+    pred = target.copy()
+    pred[10:15, 10:20] = True  # half of the other structure
+    rows = selectivity_rows("x", {"cyst": target, "benign mass": other}, {"cyst": pred, "benign mass": other})
+    cyst = next(r for r in rows if r["class"] == "cyst")
+    assert cyst["other_covered"] == pytest.approx(0.5) and cyst["dice"] == pytest.approx(72 / (72 + 50))
+    mass = next(r for r in rows if r["class"] == "benign mass")
+    assert mass["other_covered"] == 0.0 and mass["dice"] == 1.0
+    assert selectivity_rows("y", {"cyst": target}, {"cyst": pred}) == []  # one class: nothing to tell apart
+    summary = summarize_selectivity(rows)
+    assert summary["overall"]["n"] == 2 and summary["overall"]["pairs_over_limit"] == 1
+    assert summary["overall"]["other_covered"]["max"] == pytest.approx(0.5)
+
+
+def test_selectivity_rows_agree_with_the_saved_predictions(work, single):
+    data = open_dataset(work / "data")
+    rows = single["prompt_check_cases"]["selectivity"]
+    multi = [s for s in data.split("test") if len(s.classes) >= 2]
+    assert multi and {r["id"] for r in rows} == {s.id for s in multi}
+    dice_of = {(r["id"], r["class"]): r["dice"] for r in single["per_image"]}
+    for row in rows:
+        assert row["dice"] == pytest.approx(dice_of[row["id"], row["class"]], abs=1e-12)
+        sample = data[row["id"]]
+        segments = {s.name: s.mask for s in read_seg_nrrd(work / "single" / "predictions" /
+                                                          f"{row['id']}.seg.nrrd").segments}
+        target, _ = ground_truth(work / "data", row["id"], row["class"])
+        others = np.zeros_like(target)
+        for other in sample.classes:
+            if other != row["class"]:
+                others |= ground_truth(work / "data", row["id"], other)[0]
+        others &= ~target
+        expected = (segments[row["class"]] & others).sum() / others.sum() if others.any() else 0.0
+        assert row["other_covered"] == pytest.approx(expected)
+    assert "## Prompt selectivity" in (work / "single" / "report.md").read_text()
+
+
+def test_paraphrases_from_a_file_are_scored_against_the_canonical_prompt(work, single, tmp_path):
+    # the tiny model records no held-out prompts: the check says so and does not run
+    assert single["paraphrase"]["overall"]["n"] == 0 and "none" in single["paraphrase"]["source"]
+    path = tmp_path / "para.json"
+    path.write_text(json.dumps({"benign mass": ["a benign mass", "an oval circumscribed mass"],
+                                "not a class here": ["whatever"]}))
+    out = evaluate(work / "model", work / "data", out_dir=tmp_path / "para", device="cpu", progress=False,
+                   paraphrases=str(path), save_predictions=False)
+    rows = out["prompt_check_cases"]["paraphrase"]
+    pairs = [(r["id"], r["class"]) for r in out["per_image"] if r["class"] == "benign mass"]
+    assert sorted((r["id"], r["paraphrase"]) for r in rows) == \
+        sorted((i, t) for i, _ in pairs for t in ("a benign mass", "an oval circumscribed mass"))
+    dice_of = {(r["id"], r["class"]): r["dice"] for r in out["per_image"]}
+    assert all(r["canonical_dice"] == dice_of[r["id"], r["class"]] for r in rows)
+    from usvlm.engine import Segmenter
+
+    data = open_dataset(work / "data")
+    seg = Segmenter(work / "model", device="cpu")
+    row = rows[0]
+    target, _ = ground_truth(work / "data", row["id"], "benign mass")
+    image = data[row["id"]].load_image()
+    from usvlm.postprocess import PostprocessOptions
+
+    mask = seg.segment(image, row["paraphrase"], options=PostprocessOptions(keep_largest=False)).results[0].mask
+    assert row["dice"] == pytest.approx(dice(mask, target), abs=1e-9)
+    summary = out["paraphrase"]["overall"]
+    assert summary["n"] == len(rows) and summary["gap"] == pytest.approx(
+        summary["canonical_dice"] - summary["paraphrase_dice"])
+    assert "## Paraphrase robustness" in (tmp_path / "para" / "report.md").read_text()
+    path.write_text(json.dumps({"cyst": "not a list"}))
+    assert evaluate_main(["--model", str(work / "model"), "--data", str(work / "data"), "-o",
+                          str(tmp_path / "bad"), "--paraphrases", str(path), "--no-progress"]) == 2
+    assert not (tmp_path / "bad" / "metrics.json").exists()
 
 
 # -- cohort inference ---------------------------------------------------------------------------

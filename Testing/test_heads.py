@@ -55,6 +55,25 @@ def test_seg_out_size_and_patch_size() -> None:
     assert seg_head(patch_size=4)(levels(), prompts(1)).shape == (2, 1, GRID * 4, GRID * 4)
 
 
+@pytest.mark.parametrize("stride", [2, 4, 16])
+def test_output_stride_decodes_coarser_and_upsamples_to_the_same_size(stride: int) -> None:
+    full, coarse = seg_head(), seg_head(output_stride=stride)
+    assert len(coarse.upsample) == len(full.upsample) - int(math.log2(stride))
+    out = coarse(levels(), prompts(3))
+    assert out.shape == (2, 3, GRID * 16, GRID * 16) and torch.isfinite(out).all()
+    assert coarse(levels(), prompts(1)).shape == full(levels(), prompts(1)).shape
+    assert seg_head(output_stride=stride, out_size=[50, 60])(levels(), prompts(1)).shape == (2, 1, 50, 60)
+
+
+def test_output_stride_defaults_to_full_resolution_for_older_configs() -> None:
+    data = seg_head().config.to_dict()
+    data.pop("output_stride")  # a checkpoint written before the field existed
+    assert SegHeadConfig.from_dict(data).output_stride == 1
+    for bad in (3, 32, 0):
+        with pytest.raises(ValueError, match="output_stride"):
+            seg_head(output_stride=bad)
+
+
 def test_different_prompts_give_different_maps() -> None:
     out = seg_head()(levels(1), prompts(2))
     assert (out[0, 0] - out[0, 1]).abs().max() > 1e-4

@@ -40,6 +40,8 @@ from .data.prompts import target_indices
 from .distributed import DistInfo, distributed_context, gather_to_rank0, shard_items
 from .infer import json_safe, rank_segmenter
 from .metrics import aggregate, classification_scores, score
+from .prompt_checks import (paraphrase_rows, paraphrase_source, selectivity_rows, summarize_paraphrases,
+                            summarize_selectivity)
 
 GT_COLOR = (0.0, 1.0, 0.0)  # green: ground truth
 PRED_COLOR = (1.0, 0.0, 1.0)  # magenta: prediction
@@ -68,9 +70,10 @@ def sample_spacing(sample: Sample, image: Any) -> tuple[tuple[float, float], boo
 # -- per rank: segment, score, classify -----------------------------------------------------------
 
 def _evaluate_sample(segmenter: Segmenter, sample: Sample, options: Any, predictions: Path | None,
-                     head: bool) -> tuple[list[dict], list[dict], dict | None, dict[str, np.ndarray]]:
+                     head: bool, paraphrases: dict[str, list[str]]
+                     ) -> tuple[list[dict], list[dict], dict | None, dict[str, np.ndarray], dict[str, list]]:
     """Rows of one image: (segmentation rows, trained-head rows per structure, zero-shot row,
-    predicted mask per class)."""
+    predicted mask per class, prompt-check rows {"selectivity": [...], "paraphrase": [...]})."""
     image = sample.load_image()
     masks = sample.load_masks()
     spacing, calibrated = sample_spacing(sample, image)
@@ -78,10 +81,11 @@ def _evaluate_sample(segmenter: Segmenter, sample: Sample, options: Any, predict
     prompts = [PromptSampler.canonical(next(s for s in sample.structures if s.class_name == c))
                for c in sample.classes]
     output = segmenter.segment(image, [p.text for p in prompts], options=options)
-    rows, predicted, segments = [], {}, []
+    rows, predicted, segments, targets = [], {}, [], {}
     for prompt, result in zip(prompts, output.results):
         members = target_indices(prompt, sample.structures)
         gt = np.logical_or.reduce([masks[i] for i in members])
+        targets[prompt.class_name] = gt
         s = score(result.mask, gt, spacing)
         rows.append({"id": sample.id, "class": prompt.class_name, "prompt": prompt.text, **s.to_dict(),
                      "distance_unit": "mm" if calibrated else "px",
@@ -95,6 +99,14 @@ def _evaluate_sample(segmenter: Segmenter, sample: Sample, options: Any, predict
                                 result.prompt.terminology))
     if predictions is not None:
         write_seg_nrrd(predictions / f"{safe_name(sample.id)}.seg.nrrd", segments, image.geometry)
+    checks = {"selectivity": selectivity_rows(sample.id, targets, predicted), "paraphrase": []}
+    for row in rows:  # the image's features are cached: each paraphrase costs one decode
+        texts = paraphrases.get(row["class"], [])
+        if texts:
+            results = segmenter.segment(image, texts, options=options).results
+            checks["paraphrase"] += paraphrase_rows(sample.id, row["class"], row["dice"],
+                                                    [(t, r.mask) for t, r in zip(texts, results)],
+                                                    targets[row["class"]])
     head_rows = []
     if head:
         for i, (structure, mask) in enumerate(zip(sample.structures, masks)):
@@ -106,7 +118,7 @@ def _evaluate_sample(segmenter: Segmenter, sample: Sample, options: Any, predict
     if POSITIVE in segmenter.model.class_names:
         probs = segmenter.classify(image, zero_shot=True)
         zero_shot = {"id": sample.id, "label": sample.label, "p_malignant": probs[POSITIVE]}
-    return rows, head_rows, zero_shot, predicted
+    return rows, head_rows, zero_shot, predicted, checks
 
 
 def _gallery_keys(rows: Sequence[dict], k: int) -> tuple[list[tuple], list[tuple]]:
@@ -119,20 +131,22 @@ def _gallery_keys(rows: Sequence[dict], k: int) -> tuple[list[tuple], list[tuple
 
 
 def _run_shard(segmenter: Segmenter, samples: Sequence[Sample], options: Any, out: Path,
-               info: DistInfo, gallery: int, progress: bool, save_predictions: bool) -> dict[str, Any]:
+               info: DistInfo, gallery: int, progress: bool, save_predictions: bool,
+               paraphrases: dict[str, list[str]]) -> dict[str, Any]:
     from tqdm import tqdm
 
     predictions = out / "predictions" if save_predictions else None
     if predictions is not None:
         predictions.mkdir(parents=True, exist_ok=True)
     head = segmenter.model.cls_head is not None and POSITIVE in segmenter.model.class_names
-    part: dict[str, Any] = {"rows": [], "head": [], "zero_shot": [], "failures": [], "masks": {}}
+    part: dict[str, Any] = {"rows": [], "head": [], "zero_shot": [], "failures": [], "masks": {},
+                            "selectivity": [], "paraphrase": []}
     masks: dict[tuple[str, str], np.ndarray] = {}
     for sample in tqdm(samples, desc=f"evaluate (rank {info.rank}/{info.world_size})", unit="image",
                        disable=not progress or not info.is_main, file=sys.stderr):
         try:
-            rows, head_rows, zero_shot, predicted = _evaluate_sample(segmenter, sample, options,
-                                                                     predictions, head)
+            rows, head_rows, zero_shot, predicted, checks = _evaluate_sample(
+                segmenter, sample, options, predictions, head, paraphrases)
         except USVLMError as exc:  # an unreadable image: recorded, the others go on
             part["failures"].append({"id": sample.id, "error": str(exc)})
             continue
@@ -142,6 +156,8 @@ def _run_shard(segmenter: Segmenter, samples: Sequence[Sample], options: Any, ou
         part["rows"] += rows
         part["head"] += head_rows
         part["zero_shot"] += [zero_shot] if zero_shot else []
+        part["selectivity"] += checks["selectivity"]
+        part["paraphrase"] += checks["paraphrase"]
         masks.update({(sample.id, c): m for c, m in predicted.items()})
         if len(masks) > 2 * gallery + 32:  # keep only possible gallery cases: a cohort's masks are big
             keep = {key for keys in _gallery_keys(part["rows"], gallery) for key in keys}
@@ -187,12 +203,15 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
                                                 for c in classes}}
 
 
-def model_summary(model_dir: Path, model: Any) -> dict[str, Any]:
-    """The manifest fields a reader of the report needs (what model, trained on what)."""
+def _manifest(model_dir: Path) -> dict[str, Any]:
     from usvlm.model.manifest import MANIFEST_NAME, read_manifest
 
-    path = model_dir / MANIFEST_NAME if model_dir.is_dir() else model_dir
-    manifest = read_manifest(path)
+    return read_manifest(model_dir / MANIFEST_NAME if model_dir.is_dir() else model_dir)
+
+
+def model_summary(model_dir: Path, model: Any) -> dict[str, Any]:
+    """The manifest fields a reader of the report needs (what model, trained on what)."""
+    manifest = _manifest(model_dir)
     provenance = manifest.get("provenance", {})
     return {"path": str(model_dir), "name": manifest.get("name"),
             "description": manifest.get("description", ""),
@@ -302,6 +321,39 @@ def _stat(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
+def _prompt_check_sections(metrics: dict[str, Any]) -> list[str]:
+    sel, para = metrics["selectivity"], metrics["paraphrase"]
+    t = sel["targets"]
+    lines = ["## Prompt selectivity", "",
+             "Images holding structures of two or more classes; each class prompted by its name. "
+             f"*Covered*: share of the other classes' structure pixels inside the prediction "
+             f"(targets: Dice >= {t['dice']:.2f}, covered <= {t['other_covered']:.2f}).", ""]
+    if sel["overall"]["n"]:
+        table = [[name, g["n"], _stat(g["dice"]), _stat(g["other_covered"]),
+                  f"{g['other_covered']['max']:.4f}", g["pairs_over_limit"]]
+                 for name, g in [*sel["per_class"].items(), ("**all**", sel["overall"])]]
+        lines += _table(["class", "pairs", "Dice with the target", "others covered", "max covered",
+                         f"pairs > {t['other_covered']:.2f}"], table)
+    else:
+        lines.append("No image of this split holds two classes.")
+    lines += ["", "## Paraphrase robustness", "",
+              f"Paraphrases: {para['source']}. Each (image, class) pair prompted with every "
+              f"paraphrase of its class; Dice against the canonical prompt's on the same pairs "
+              f"(tolerance {para['tolerance']:.2f}).", ""]
+    if para["overall"]["n"]:
+        table = [[name, g["pairs"], g["n"], f"{g['canonical_dice']:.4f}", f"{g['paraphrase_dice']:.4f}",
+                  f"{g['gap']:+.4f}"]
+                 for name, g in [*para["per_class"].items(), ("**all**", para["overall"])]]
+        lines += _table(["class", "pairs", "prompts x pairs", "canonical Dice", "paraphrase Dice", "gap"],
+                        table)
+        lines += ["", "| paraphrase | pairs | Dice | gap |", "|---|---|---|---|"]
+        lines += [f"| {text} | {g['pairs']} | {g['paraphrase_dice']:.4f} | {g['gap']:+.4f} |"
+                  for text, g in para["per_paraphrase"].items()]
+    else:
+        lines.append("Not run (no paraphrases for the classes of this data set).")
+    return lines + [""]
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """The markdown report: settings, segmentation table, classification table, ROC, gallery."""
     s = metrics["settings"]
@@ -334,6 +386,7 @@ def render_report(metrics: dict[str, Any]) -> str:
                      "F1", "AUC"], table)
     lines += ["", "Threshold 0.5 on the malignant probability; AUC blank when the labels hold one "
                   "class only.", "", "![ROC curve](roc.png)", ""]
+    lines += _prompt_check_sections(metrics)
     lines += ["## Gallery", "", "Ground truth in green, prediction in magenta.", ""]
     for kind in ("best", "worst"):
         lines.append(f"**{kind.capitalize()} by Dice**")
@@ -389,13 +442,16 @@ def _write_outputs(out: Path, data: SampleSet, metrics: dict[str, Any], rows: Se
 def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, split: str = "test",
              out_dir: str | os.PathLike[str], threshold: float | None = None, device: str = "auto",
              limit: int | None = None, progress: bool = True, keep_largest: bool = False,
-             gallery: int = 4, save_predictions: bool = True, on_error: str = "raise") -> dict[str, Any]:
+             gallery: int = 4, save_predictions: bool = True, on_error: str = "raise",
+             paraphrases: str | None = "auto") -> dict[str, Any]:
     """Evaluate a model on a split of a data set; write the report files into `out_dir`.
 
     threshold: the segmentation threshold (default: the model's); keep_largest: keep only the
     largest component of each prediction (off by default: a class target may hold several
     structures); gallery: cases of each kind (best, worst) drawn; limit: the first N samples of the
-    split only; on_error: "raise" or "skip" broken samples when the data set is opened.
+    split only; on_error: "raise" or "skip" broken samples when the data set is opened;
+    paraphrases: "auto" (the held-out prompts recorded in the model's manifest), "none", or a JSON
+    file {"class": ["paraphrase", ...]} for the paraphrase check.
     Returns the metrics (as in metrics.json) on rank 0, an empty dict on other ranks.
     """
     from usvlm.model.registry import resolve_model
@@ -409,6 +465,8 @@ def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]
     model_path = resolve_model(model_dir)
     data = open_dataset(data_dir, on_error=on_error)  # type: ignore[arg-type]
     samples = data.split(split)[:limit]
+    para_texts, para_source = paraphrase_source(paraphrases, _manifest(model_path))
+    para_texts = {c: t for c, t in para_texts.items() if c in data.classes}
     with distributed_context(device) as info:
         out.mkdir(parents=True, exist_ok=True)
         segmenter = rank_segmenter(model_path, device, info)
@@ -418,7 +476,7 @@ def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]
         # then use bit-identical text embeddings, whatever images their shard holds.
         segmenter.encode_prompts(list(data.classes))
         part = _run_shard(segmenter, shard_items(samples, info), options, out, info, gallery,
-                          progress, save_predictions)
+                          progress, save_predictions, para_texts)
         parts = gather_to_rank0(part, info)
         if parts is None:
             return {}
@@ -427,6 +485,9 @@ def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]
         zero_rows = sorted((r for p in parts for r in p["zero_shot"]), key=lambda r: r["id"])
         failures = sorted((f for p in parts for f in p["failures"]), key=lambda f: f["id"])
         masks = {k: v for p in parts for k, v in p["masks"].items()}
+        selectivity = sorted((r for p in parts for r in p["selectivity"]), key=lambda r: (r["id"], r["class"]))
+        paraphrase = sorted((r for p in parts for r in p["paraphrase"]),
+                            key=lambda r: (r["id"], r["class"], r["paraphrase"]))
         model = segmenter.model
         no_classes = None if POSITIVE in model.class_names else \
             f"the model's classes ({', '.join(model.class_names)}) have no '{POSITIVE}'"
@@ -449,8 +510,11 @@ def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]
                     None if model.cls_head is not None else "the model has no classification head")),
                 "zero_shot": _classification(zero_rows, "image", no_classes),
             },
+            "selectivity": summarize_selectivity(selectivity),
+            "paraphrase": {**summarize_paraphrases(paraphrase, para_texts), "source": para_source},
             "failures": failures,
             "per_image": rows,
+            "prompt_check_cases": {"selectivity": selectivity, "paraphrase": paraphrase},
             "classification_cases": {"trained_head": head_rows, "zero_shot": zero_rows},
         }
         _write_outputs(out, data, metrics, rows, masks, gallery)
@@ -473,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=int, default=4, metavar="K", help="best and worst cases drawn (4)")
     p.add_argument("--no-predictions", action="store_true", help="do not save predicted segmentations")
     p.add_argument("--skip-bad", action="store_true", help="skip broken samples (default: stop)")
+    p.add_argument("--paraphrases", default="auto", metavar="auto|none|FILE",
+                   help="paraphrase check: the held-out prompts in the model's manifest (auto), "
+                        "none, or a JSON file {class: [texts]}")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -485,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            threshold=args.threshold, device=args.device, limit=args.limit,
                            progress=not args.no_progress, keep_largest=args.keep_largest,
                            gallery=args.gallery, save_predictions=not args.no_predictions,
-                           on_error="skip" if args.skip_bad else "raise")
+                           on_error="skip" if args.skip_bad else "raise", paraphrases=args.paraphrases)
     except USVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -493,6 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         overall = metrics["segmentation"]["overall"]
         print(f"Dice {_stat(overall['dice'])} over {overall['n']} pair(s); "
               f"report: {Path(args.output) / 'report.md'}", file=sys.stderr)
+        sel, para = metrics["selectivity"]["overall"], metrics["paraphrase"]["overall"]
+        if sel["n"]:
+            print(f"selectivity: Dice {sel['dice']['mean']:.4f}, other classes covered "
+                  f"{sel['other_covered']['mean']:.4f} over {sel['n']} pair(s)", file=sys.stderr)
+        if para["n"]:
+            print(f"paraphrases: Dice {para['paraphrase_dice']:.4f} vs canonical "
+                  f"{para['canonical_dice']:.4f} (gap {para['gap']:+.4f})", file=sys.stderr)
         if metrics["failures"]:
             print(f"error: {len(metrics['failures'])} image(s) failed (see the report)", file=sys.stderr)
             return 1

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="series seed (default 0)")
     parser.add_argument("--size", type=_size, default=256,
                         help="square image side in px, or 'random' for 256-640 px sides (default 256)")
-    parser.add_argument("--organ", choices=("breast", "thyroid", "neck"), help="only this organ")
+    parser.add_argument("--organ", choices=("breast", "thyroid", "neck"), action="append",
+                        help="only this organ; repeat for several, taken in turn (default: all)")
     parser.add_argument("--probe", choices=("linear", "convex"), help="only this probe")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, f"--count must be at least 1, got {args.count}")
     summary = write_dataset(args.out, args.count, args.seed, size=args.size,
                             progress=not args.no_progress, overwrite=args.overwrite,
-                            organ=args.organ, probe=args.probe)
+                            organ=args.organ[0] if args.organ and len(args.organ) == 1 else args.organ,
+                            probe=args.probe)
     print(f"wrote {summary['count']} images ({summary['structures']} structures) to "
           f"{summary['out_dir']} in {summary['seconds']:.1f} s: "
           f"{summary['images_per_s']:.1f} images/s")

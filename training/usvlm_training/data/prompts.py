@@ -81,14 +81,24 @@ class PromptSampler:
         """The class name itself: the prompt evaluation uses."""
         return Prompt(structure.class_name, "class", structure.class_name)
 
+    def class_prompts(self, class_name: str) -> list[str]:
+        """The class-kind texts of a class (name and synonyms in templates, bank entries)."""
+        names = [class_name, *SYNONYMS.get(class_name, ())]
+        texts = [t.format(n) for n in dict.fromkeys(names) for t in self.templates]
+        texts += self.bank.get(_key(class_name), [])
+        return [t for t in dict.fromkeys(texts) if t.strip().lower() not in self.held_out]
+
+    def sample_absent(self, class_name: str, rng: np.random.Generator) -> Prompt:
+        """A class prompt for a class the image does not contain: its target is empty."""
+        options = self.class_prompts(class_name) or [class_name]
+        return Prompt(options[int(rng.integers(len(options)))], "class", class_name)
+
     def candidates(self, structure: Structure) -> dict[Kind, list[Prompt]]:
         """Every prompt the structure can be given, by kind (held-out texts removed)."""
         cls, malignancy = structure.class_name, structure.malignancy
         # the annotator's own word (before any class_map renaming) is a synonym too
         own = [class_from_segment_name(structure.name)] if structure.name else []
-        names = [cls, *SYNONYMS.get(cls, ()), *own]
-        texts = {"class": [t.format(n) for n in dict.fromkeys(names) for t in self.templates]
-                 + self.bank.get(_key(cls), [])}
+        texts = {"class": self.class_prompts(cls) + [t.format(n) for n in own for t in self.templates]}
         if malignancy is not None and structure.finding != cls:
             texts["finding"] = [structure.finding, *self.bank.get(_key(structure.finding), [])]
         if structure.description:

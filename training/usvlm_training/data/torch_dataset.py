@@ -139,6 +139,58 @@ class SegmentationDataset(_Base):
                 "prompt_kind": prompt.kind}
 
 
+class MultiPromptDataset(_Base):
+    """Training items with several prompts per image: (image, P prompts, P target masks, label).
+
+    The image encoder, the costly part of a step, runs once for P prompts. The prompts name
+    every class the image holds (up to P, in random order), and the remaining slots name classes
+    it does not hold, with empty targets: the model must learn to answer "not here", which is
+    what makes a prompt select its structure rather than any lesion.
+    Item: image (1, S, S), mask (P, S, S), prompt list of P str, label int (of the first prompt,
+    always a present class), spacing, id, class_name (the first prompt's), absent (P,) bool.
+    """
+
+    def __init__(self, samples: Sequence[Sample], image_size: int, prompts_per_image: int = 3,
+                 seed: int = 0, *, class_names: Sequence[str] | None = None,
+                 prompts: PromptSampler | None = None, augment_config: AugmentConfig | None = None,
+                 bank_prompts: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(samples, image_size, True, seed,
+                         prompts or PromptSampler(bank_prompts=bank_prompts), augment_config)
+        if prompts_per_image < 1:
+            raise ValueError(f"prompts_per_image must be at least 1, got {prompts_per_image}")
+        self.class_names = sorted(set(class_names or (c for s in self.samples for c in s.classes)))
+        # fixed P for every item (they are stacked); a data set of fewer classes caps it
+        self.prompts_per_image = min(int(prompts_per_image), len(self.class_names))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rng = self._rng(index)
+        structures = sample.structures
+        present = list(sample.classes)
+        rng.shuffle(present)
+        chosen = []
+        for class_name in present[:self.prompts_per_image]:
+            group = [s for s in structures if s.class_name == class_name]
+            chosen.append(self.prompts.sample(group[int(rng.integers(len(group)))], rng))
+        absent = [c for c in self.class_names if c not in present]
+        rng.shuffle(absent)
+        chosen += [self.prompts.sample_absent(c, rng) for c in absent[:self.prompts_per_image - len(chosen)]]
+        prepared, masks, support = self._prepared(sample)
+        size = self.image_size
+        targets = [target_indices(p, structures) for p in chosen]
+        stack = np.stack([masks[t].any(axis=0) if t else np.zeros((size, size), bool) for t in targets])
+        image, stack = self._augment(prepared.pixels[:1], stack, support, rng)
+        return {"image": torch.as_tensor(np.asarray(image, np.float32)),
+                "mask": torch.as_tensor(np.asarray(stack, np.float32)),
+                "prompt": [p.text for p in chosen],
+                "label": combined_label([structures[k] for k in targets[0]]),
+                "spacing": _spacing(sample), "id": sample.id, "class_name": chosen[0].class_name,
+                "absent": torch.tensor([not t for t in targets])}
+
+
 # Captions for contrastive pretraining lean on descriptions: they carry the visual attributes.
 CAPTION_WEIGHTS: dict[Kind, float] = {"description": 0.7, "finding": 0.15, "class": 0.15}
 

@@ -30,7 +30,7 @@ _SPLIT_STREAM = 0x5917   # extra seed word: the split permutation is its own ran
 
 
 def _validate(out: Path, count: int, size, splits: Sequence[float], overwrite: bool,
-              organ: str | None, probe: str | None) -> None:
+              organ: str | Sequence[str] | None, probe: str | None) -> None:
     if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
         raise InputError(None, f"count must be a positive integer, got {count!r}")
     if size is not None:
@@ -40,8 +40,9 @@ def _validate(out: Path, count: int, size, splits: Sequence[float], overwrite: b
             raise InputError(None, f"size: {exc}") from None
     if len(splits) != 3 or min(splits) < 0 or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
         raise InputError(None, f"splits must be three non-negative fractions summing to 1, got {splits}")
-    if organ is not None and organ not in ORGANS:
-        raise InputError(None, f"organ must be one of {', '.join(ORGANS)}, got {organ!r}")
+    for one in _organs(organ):
+        if one not in ORGANS:
+            raise InputError(None, f"organ must be one of {', '.join(ORGANS)}, got {one!r}")
     if probe is not None and probe not in PROBES:
         raise InputError(None, f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
     if out.exists() and not out.is_dir():
@@ -53,6 +54,10 @@ def _validate(out: Path, count: int, size, splits: Sequence[float], overwrite: b
         raise OutputError(out, f"parent folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(out, f"parent folder {parent} is not writable")
+
+
+def _organs(organ: str | Sequence[str] | None) -> list[str]:
+    return [] if organ is None else [organ] if isinstance(organ, str) else list(organ)
 
 
 def split_ids(ids: Sequence[str], seed: int, splits: Sequence[float]) -> dict[str, list[str]]:
@@ -105,9 +110,12 @@ def _install(tmp: Path, out: Path) -> None:
 
 def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int | None = 256,
                   splits: Sequence[float] = (0.8, 0.1, 0.1), progress: bool = True, *,
-                  overwrite: bool = False, organ: str | None = None, probe: str | None = None
-                  ) -> dict:
+                  overwrite: bool = False, organ: str | Sequence[str] | None = None,
+                  probe: str | None = None) -> dict:
     """Generate `count` phantoms (indices 0..count-1 of series `seed`) into `out_dir`.
+
+    organ: one organ, several (taken in turn: image i gets organs[i % len(organs)], e.g. a
+    restricted domain "breast and neck"), or None for all, drawn at random.
 
     size: square side in px, or None for random 256-640 px sides. Returns a summary with the
     number written, the elapsed time and the throughput (images/s).
@@ -123,7 +131,9 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int |
         ids, structures = [], 0
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as jsonl:
             for index in tqdm(range(count), desc="phantoms", unit="img", disable=not progress):
-                sample = generate_sample(seed, index, size=size, organ=organ, probe=probe)
+                organs = _organs(organ)
+                sample = generate_sample(seed, index, size=size, probe=probe,
+                                         organ=organs[index % len(organs)] if organs else None)
                 sample_id = f"{index:0{width}d}"
                 record = _record(sample, sample_id, tmp)
                 jsonl.write(json.dumps(record) + "\n")
@@ -133,7 +143,8 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int |
             (tmp / f"{name}.txt").write_text("".join(f"{m}\n" for m in members), encoding="utf-8")
         elapsed = time.perf_counter() - start
         manifest = {"generator": GENERATOR, "version": VERSION, "count": count, "seed": seed,
-                    "size": size, "splits": list(splits), "organ": organ, "probe": probe,
+                    "size": size, "splits": list(splits),
+                    "organ": organ if organ is None or isinstance(organ, str) else list(organ), "probe": probe,
                     "structures": structures,
                     "bbox": "x0, y0, x1, y1 in pixels; x1 and y1 exclusive",
                     "masks": "one binary PNG (0 / 255) per structure, on the image grid"}

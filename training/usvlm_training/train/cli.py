@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lora-rank", type=int, default=8)
     ft.add_argument("--cls-loss", default="ce", choices=("ce", "focal"))
     ft.add_argument("--cls-weight", type=float, default=0.5)
+    ft.add_argument("--prompts-per-image", type=int, default=3,
+                    help="prompts per training image: its classes, then absent classes as "
+                         "negatives with empty targets (1: one (image, class) per item)")
+    ft.add_argument("--no-bank-prompts", action="store_true",
+                    help="train on class names, synonyms and descriptions only (no prompt-bank texts)")
+    ft.add_argument("--seg-stride", type=int, choices=(1, 2, 4, 8, 16),
+                    help="decoder output stride; with --model, a head of another stride is "
+                         "replaced by a fresh one")
     ft.add_argument("--few-shot", type=float, metavar="RATIO", help="train on this fraction (0-1)")
     ft.add_argument("--shots", type=int, help="train on this many images per class")
     _optim_args(ft, epochs=20, lr=1e-3, batch=8)
@@ -89,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  pretrained=args.pretrained, adapter=args.adapter,
                                  bottleneck=args.bottleneck, lora_rank=args.lora_rank,
                                  cls_loss=args.cls_loss, cls_weight=args.cls_weight,
+                                 prompts_per_image=args.prompts_per_image, seg_stride=args.seg_stride,
+                                 bank_prompts=not args.no_bank_prompts,
                                  few_shot_ratio=args.few_shot, few_shot_shots=args.shots,
                                  name=args.name or "usvlm-finetuned", device=args.device,
                                  resume=args.resume, overwrite=args.overwrite, optim=_optim(args))

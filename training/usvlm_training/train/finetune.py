@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from usvlm.errors import InputError
 from usvlm.model.adapters import AdapterConfig, has_adapters, inject_adapters
-from usvlm.model.heads import TemperatureScaler
+from usvlm.model.heads import SegHeadConfig, TemperatureScaler, TextConditionedSegHead
 from usvlm.model.vlm import USVLMModel, build_model, load_model, weights_sha256
 
-from ..data import few_shot, open_dataset
-from ..data.torch_dataset import SegmentationDataset, collate
+from ..data import PromptSampler, few_shot, open_dataset
+from ..data.bank_prompts import bank_prompts
+from ..data.torch_dataset import MultiPromptDataset, SegmentationDataset, collate
 from ..distributed import DistInfo, all_reduce_mean, gather_to_rank0
 from ..metrics import classification_scores
 from .common import (History, OptimConfig, TextEmbeddingCache, Throughput, autocast_dtype,
@@ -48,8 +50,14 @@ class FinetuneConfig:
     bottleneck: int = 64
     lora_rank: int = 8
     seg_width: int | None = None
+    seg_stride: int | None = None  # decoder output stride (None: the model's own, 4 when fresh)
     cls_loss: str = "ce"  # or "focal"
     cls_weight: float = 0.5
+    # Prompts per training image: its classes, then absent classes with empty targets (negatives).
+    # 1 is the plain one-(image, class)-per-item scheme.
+    prompts_per_image: int = 3
+    # Train on the prompt banks' texts too (a third held out for the paraphrase check).
+    bank_prompts: bool = True
     few_shot_ratio: float | None = None
     few_shot_shots: int | None = None
     name: str = "usvlm-finetuned"
@@ -67,9 +75,11 @@ class TrainStep(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, text: Tensor, masks: Tensor) -> tuple[Tensor, Tensor | None]:
+        """images (B, S, S), text (B, P, D), masks (B, P, S, S) -> logits (B, P, S, S), class
+        logits of the first prompt's structure (B, K)."""
         feats = self.model.encode_image(self.model.normalize(images))
-        seg = self.model.segment_logits(feats, text[:, None, :])  # one prompt per image
-        cls = self.model.classify_logits(feats, masks) if self.model.cls_head is not None else None
+        seg = self.model.segment_logits(feats, text)
+        cls = self.model.classify_logits(feats, masks[:, :1]) if self.model.cls_head is not None else None
         return seg, cls
 
 
@@ -87,13 +97,40 @@ def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
             inject_adapters(model.backbone, _adapter_config(cfg))
         model.backbone.freeze()
         model.name = cfg.name
+        head = model.seg_head.config
+        if cfg.seg_stride and cfg.seg_stride != head.output_stride:
+            log.info("segmentation head: output stride %d -> %d, head re-initialised",
+                     head.output_stride, cfg.seg_stride)
+            model.seg_head = TextConditionedSegHead.from_config(
+                SegHeadConfig.from_dict({**head.to_dict(), "output_stride": cfg.seg_stride}))
         if model.backbone.text_weights_path is not None:  # record the text encoder trained with
             model.backbone_spec["text_weights_sha256"] = weights_sha256(model.backbone.text_weights_path)
         return model
     if not cfg.backbone:
         raise InputError(None, "give --model (a model directory to start from) or --backbone")
     return build_model(cfg.backbone, pretrained=cfg.pretrained, adapter=_adapter_config(cfg),
-                       seg_width=cfg.seg_width, name=cfg.name)
+                       seg_width=cfg.seg_width, output_stride=cfg.seg_stride or 4, name=cfg.name)
+
+
+def engine_text_encoder(model: USVLMModel) -> Callable[[Sequence[str]], Tensor]:
+    """Text embeddings exactly as the engine makes them: the prompt resolved through the banks
+    (a class name or synonym becomes its bank ensemble), then the ensemble's mean embedding. The
+    heads thus train on what a user's prompt turns into."""
+    from usvlm.text.banks import default_banks
+    from usvlm.text.resolve import PromptResolver
+
+    resolver = PromptResolver(default_banks())
+    return lambda texts: model.encode_prompt_ensembles([resolver(t).ensemble for t in texts])
+
+
+def _prompt_sampler(cfg: FinetuneConfig, samples: Sequence[Any]) -> tuple[PromptSampler, dict[str, list[str]]]:
+    """Training prompts (with the banks' texts unless disabled) and the held-out paraphrases."""
+    if not cfg.bank_prompts:
+        return PromptSampler(), {}
+    keys = sorted({k for s in samples for st in s.structures for k in (st.class_name, st.finding)})
+    organs = [None, *sorted({s.organ for s in samples if s.organ})]
+    bank = bank_prompts(keys, organs)
+    return PromptSampler(bank_prompts=bank.train, held_out=bank.held_out_texts()), bank.held_out
 
 
 def _loaders(cfg: FinetuneConfig, size: int, info: DistInfo) -> tuple[Any, Any, dict[str, Any]]:
@@ -102,7 +139,11 @@ def _loaders(cfg: FinetuneConfig, size: int, info: DistInfo) -> tuple[Any, Any, 
     if cfg.few_shot_ratio or cfg.few_shot_shots:
         train = few_shot(train, ratio=cfg.few_shot_ratio, shots=cfg.few_shot_shots, seed=cfg.optim.seed)
     val = dataset.split("val")
-    train_ds = SegmentationDataset(train, size, train=True, seed=cfg.optim.seed)
+    prompts, held_out = _prompt_sampler(cfg, train)
+    train_ds = SegmentationDataset(train, size, train=True, seed=cfg.optim.seed, prompts=prompts) \
+        if cfg.prompts_per_image <= 1 else \
+        MultiPromptDataset(train, size, cfg.prompts_per_image, seed=cfg.optim.seed,
+                           class_names=dataset.classes, prompts=prompts)
     val_ds = SegmentationDataset(val, size, train=False, seed=cfg.optim.seed)
     sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.optim.seed) if info.enabled else None
@@ -114,6 +155,7 @@ def _loaders(cfg: FinetuneConfig, size: int, info: DistInfo) -> tuple[Any, Any, 
                             num_workers=cfg.optim.num_workers)
     summary = dataset.summary()
     summary["train_used"] = len(train)
+    summary["held_out_prompts"] = held_out
     return train_loader, val_loader, summary
 
 
@@ -164,7 +206,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         model = build_for_finetuning(cfg).to(info.device)
         size = model.input_size
         train_loader, val_loader, data_summary = _loaders(cfg, size, info)
-        texts = TextEmbeddingCache(model.encode_text, info.device)
+        texts = TextEmbeddingCache(engine_text_encoder(model), info.device)
         step_module = TrainStep(model)
         runner = DistributedDataParallel(step_module) if info.enabled else step_module
         optimizer = make_optimizer(model.parameters(), cfg.optim)
@@ -216,9 +258,14 @@ def _train_epoch(cfg: FinetuneConfig, runner: nn.Module, loader: DataLoader, tex
             break
         images, masks = batch["image"][:, 0].to(info.device), batch["mask"].to(info.device)
         labels = batch["label"].to(info.device)
+        prompts = batch["prompt"]
+        if isinstance(prompts[0], str):  # one prompt per image
+            prompts = [[p] for p in prompts]
+        text = texts([p for row in prompts for p in row]).view(len(prompts), len(prompts[0]), -1)
         with torch.autocast(info.device.type, dtype=amp, enabled=amp is not None):
-            seg, cls = runner(images, texts(batch["prompt"]), masks)
-            seg_loss = segmentation_loss(seg.float(), masks)
+            seg, cls = runner(images, text, masks)
+            # Dice per (image, prompt): a negative prompt's empty target is its own item
+            seg_loss = segmentation_loss(seg.float().flatten(0, 1)[:, None], masks.flatten(0, 1)[:, None])
             cls_loss = classification_loss(cls.float(), labels, cfg.cls_loss) if cls is not None \
                 else seg_loss * 0.0
             loss = seg_loss + cfg.cls_weight * cls_loss
@@ -246,7 +293,8 @@ def _finish(cfg: FinetuneConfig, model: USVLMModel, best_state: dict[str, Tensor
     if known.any() and len(set(labels[known].tolist())) == 2:
         model.temperature = TemperatureScaler().fit(logits[known], labels[known])
     result = {"best_epoch": history.best_epoch, "epochs_run": len(history.epochs), **metrics,
-              "temperature": model.temperature, "out": str(cfg.out)}
+              "temperature": model.temperature, "parameters": model.parameter_report(),
+              "out": str(cfg.out)}
     if checksums is not None and len(checksums) > 1:
         result["ranks_in_sync"] = len(set(checksums)) == 1
         result["rank_checksums"] = checksums

@@ -35,6 +35,11 @@ class SegHeadConfig(JsonConfig):
     # prompt, so it must stay a small fraction of the image encoder: a new prompt on a cached
     # image should cost a tenth of a full recompute or less.
     decoder_width: int = 128
+    # The convolutional decoder stops at 1/output_stride of the input and the logits are
+    # upsampled bilinearly from there (SAM decodes at 1/4 too): the full-resolution stages cost
+    # most of a prompt's time and add little to a boundary that bilinear logits already place
+    # to a fraction of a pixel. 1 decodes at full resolution (checkpoints made before this field).
+    output_stride: int = 1
 
     def __post_init__(self) -> None:
         self.level_channels = [int(c) for c in self.level_channels]
@@ -46,6 +51,10 @@ class SegHeadConfig(JsonConfig):
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
             raise ValueError(f"patch_size must be a power of two, got {self.patch_size}")
+        if self.output_stride < 1 or self.output_stride & (self.output_stride - 1) \
+                or self.output_stride > self.patch_size:
+            raise ValueError(f"output_stride must be a power of two up to patch_size "
+                             f"({self.patch_size}), got {self.output_stride}")
         if isinstance(self.out_size, (list, tuple)):
             self.out_size = [int(s) for s in self.out_size]
             if len(self.out_size) != 2:
@@ -86,16 +95,17 @@ class TextConditionedSegHead(nn.Module):
 
     `levels`: list of (B, C_i, gh, gw), shallow to deep (ViT blocks 3, 6, 9 on the patch grid).
     `text`: (P, D) prompts shared by all images, or (B, P, D) prompts per image (training).
-    Output size: the patch grid times `patch_size` (log2(patch_size) x2 decoder stages), or
-    `out_size` when given.
+    Output size: the patch grid times `patch_size` (log2(patch_size / output_stride) x2 decoder
+    stages, then bilinear x output_stride), or `out_size` when given.
     """
 
     def __init__(self, level_channels: list[int], text_dim: int, width: int = 512,
                  out_size: int | tuple[int, int] | list[int] | None = None,
-                 decoder: str = "bilinear", patch_size: int = 16, decoder_width: int = 128) -> None:
+                 decoder: str = "bilinear", patch_size: int = 16, decoder_width: int = 128,
+                 output_stride: int = 1) -> None:
         super().__init__()
         self.config = SegHeadConfig(list(level_channels), text_dim, width, out_size, decoder,
-                                    patch_size, decoder_width)
+                                    patch_size, decoder_width, output_stride)
         cfg = self.config
         dec = min(decoder_width, width)
         self.reducers = nn.ModuleList(
@@ -107,7 +117,7 @@ class TextConditionedSegHead(nn.Module):
                                      for _ in cfg.level_channels)
         self.fuse = nn.ModuleList(_conv_block(dec, dec) for _ in cfg.level_channels)
         stages, ch = [], dec
-        for _ in range(int(math.log2(patch_size))):
+        for _ in range(int(math.log2(patch_size // output_stride))):
             out = max(ch // 2, 8)
             up = (nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
                   if decoder == "bilinear" else nn.ConvTranspose2d(ch, ch, 2, stride=2))
@@ -142,9 +152,12 @@ class TextConditionedSegHead(nn.Module):
                 x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = self.fuse[i](x + skip)
         logits = self.to_logits(self.upsample(x))
-        if self.config.out_size is not None:
-            size = self.config.out_size
+        size = self.config.out_size
+        if size is not None:
             size = (size, size) if isinstance(size, int) else tuple(size)
+        elif self.config.output_stride > 1:
+            size = tuple(d * self.config.patch_size for d in reduced[-1].shape[-2:])
+        if size is not None and tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits.view(b, p, *logits.shape[-2:])
 
