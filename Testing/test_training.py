@@ -109,3 +109,19 @@ def test_ddp_two_cpu_ranks_end_identical(phantoms, tiny_backbone, tmp_path):
     assert len(summary["rank_checksums"]) == 2
     manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert manifest["provenance"]["training"]["world_size"] == 2
+
+
+def test_segmentation_loss_scores_empty_targets_by_cross_entropy_only():
+    from usvlm_training.train.losses import dice_loss, segmentation_loss
+
+    target = torch.zeros(3, 1, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1  # item 0 has a structure; items 1 and 2 name nothing present
+    logits = torch.randn(3, 1, 8, 8, requires_grad=True)
+    assert float(dice_loss(logits, target, skip_empty=True)) == pytest.approx(float(dice_loss(logits[:1], target[:1])))
+    loss = segmentation_loss(logits, target)
+    loss.backward()
+    assert logits.grad[1:].abs().sum() > 0  # the negatives still learn (cross-entropy)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert float(loss) == pytest.approx(float(dice_loss(logits[:1], target[:1]) + bce), rel=1e-6)
+    empty = torch.zeros(2, 1, 8, 8)
+    assert float(dice_loss(logits[1:], empty, skip_empty=True)) == 0.0
