@@ -15,7 +15,7 @@ FT_EPOCHS="${FT_EPOCHS:-16}"
 mkdir -p "$WORK"
 
 [ -f "$WORK/phantoms/dataset.json" ] || \
-  "$PY" -m usvlm.cli phantom --out "$WORK/phantoms" --count "$COUNT" --seed 2026 --size 256 --no-progress
+  "$PY" -m usvlm phantom --out "$WORK/phantoms" --count "$COUNT" --seed 2026 --size 256 --no-progress
 
 "$PY" -m usvlm_training.train pretrain --data "$WORK/phantoms" --out "$WORK/pretrain" \
   --backbone default-small --image-size 224 --epochs "$PRE_EPOCHS" --batch-size 32 --lr 5e-4 \
