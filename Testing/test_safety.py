@@ -254,6 +254,12 @@ print(json.dumps(out))
 
 # -- Interrupted runs --------------------------------------------------------------------------------
 
+def _default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and children inherit that: the child
+    gets the default disposition back, as a command run in a terminal has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:  # noqa: ANN001
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -270,7 +276,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None: 
 def test_interrupted_phantom_leaves_nothing(tmp_path, sig):
     out = tmp_path / "phantoms"
     proc = subprocess.Popen([sys.executable, "-m", "usvlm", "phantom", "--count", "200", "--out", str(out),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
     def writing() -> bool:
         return any(p.name.startswith(f".{out.name}.tmp") and any((p / "images").glob("*.png"))
@@ -299,7 +306,8 @@ def test_interrupted_segment_leaves_only_whole_files(tmp_path, tiny_model, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "usvlm", "segment", str(inputs), "--model", str(tiny_model),
                              "--prompt", "mass", "--dicom-seg", "--overlay", "--json", "--no-progress",
-                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     _wait_for(lambda: out.is_dir() and any(out.iterdir()), proc)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)

@@ -125,3 +125,13 @@ def test_segmentation_loss_scores_empty_targets_by_cross_entropy_only():
     assert float(loss) == pytest.approx(float(dice_loss(logits[:1], target[:1]) + bce), rel=1e-6)
     empty = torch.zeros(2, 1, 8, 8)
     assert float(dice_loss(logits[1:], empty, skip_empty=True)) == 0.0
+
+
+def test_each_run_logs_to_its_own_file(phantoms, tiny_backbone, tmp_path):
+    """Two runs in one process (as the adaptation experiment does): the first run's log ends with it."""
+    first, second = tmp_path / "one", tmp_path / "two"
+    assert train_main(_finetune_args(phantoms, first, tiny_backbone, "--max-steps", "1", "--epochs", "1")) == 0
+    size = (first / "train.log").stat().st_size
+    assert train_main(_finetune_args(phantoms, second, tiny_backbone, "--max-steps", "1", "--epochs", "1")) == 0
+    assert (first / "train.log").stat().st_size == size
+    assert str(second) in (second / "train.log").read_text() and str(second) not in (first / "train.log").read_text()

@@ -31,6 +31,7 @@ from usvlm_training.train.pretrain import PretrainConfig, pretrain
 
 SOURCE = {"organ": ["breast", "neck"], "probe": "linear"}
 TARGET = {"organ": "thyroid", "probe": "convex"}
+ANALYSIS = "## What it shows"
 ADAPTERS = {"none": "heads only", "mona": "Mona", "hybrid": "hybrid (noise + frequency)", "lora": "LoRA"}
 
 
@@ -117,8 +118,11 @@ def write_markdown(path: Path, results: list[dict[str, Any]], args: argparse.Nam
     for r in sorted(results, key=lambda r: (list(ADAPTERS).index(r["adapter"]), r["ratio"])):
         lines.append(f"| {ADAPTERS[r['adapter']]} | {round(r['ratio'] * 100)} % | {r['train_images']} | "
                      f"{r['dice']:.3f} | {r['hd95']:.2f} | {r['val_dice']:.3f} | {r['train_seconds']:.0f} |")
+    # The reading of the numbers is written by hand below ANALYSIS and kept across reruns.
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    analysis = old[old.index(ANALYSIS):] if ANALYSIS in old else f"{ANALYSIS}\n\n(to be written)\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n\n" + analysis, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,10 +226,15 @@ def training_run(out: Path, *, device: str, seed: int, resume: bool, overwrite: 
         if info.is_main:
             prepare_out(out, resume=resume, overwrite=overwrite)
         barrier(info)
-        setup_run_log(out, info)
-        seed_everything(seed)
-        yield info
-        barrier(info)
+        handler = setup_run_log(out, info)
+        try:
+            seed_everything(seed)
+            yield info
+            barrier(info)
+        finally:  # the next run in this process (pretrain, then finetune) logs to its own file
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
