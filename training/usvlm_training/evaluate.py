@@ -209,9 +209,8 @@ def _manifest(model_dir: Path) -> dict[str, Any]:
     return read_manifest(model_dir / MANIFEST_NAME if model_dir.is_dir() else model_dir)
 
 
-def model_summary(model_dir: Path, model: Any) -> dict[str, Any]:
+def model_summary(model_dir: Path, model: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest fields a reader of the report needs (what model, trained on what)."""
-    manifest = _manifest(model_dir)
     provenance = manifest.get("provenance", {})
     return {"path": str(model_dir), "name": manifest.get("name"),
             "description": manifest.get("description", ""),
@@ -465,7 +464,8 @@ def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]
     model_path = resolve_model(model_dir)
     data = open_dataset(data_dir, on_error=on_error)  # type: ignore[arg-type]
     samples = data.split(split)[:limit]
-    para_texts, para_source = paraphrase_source(paraphrases, _manifest(model_path))
+    manifest = _manifest(model_path)
+    para_texts, para_source = paraphrase_source(paraphrases, manifest)
     para_texts = {c: t for c, t in para_texts.items() if c in data.classes}
     with distributed_context(device) as info:
         out.mkdir(parents=True, exist_ok=True)
@@ -494,7 +494,7 @@ def evaluate(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]
         summary = data.summary()
         metrics: dict[str, Any] = {
             "settings": {
-                "model": model_summary(model_path, model),
+                "model": model_summary(model_path, model, manifest),
                 "data": {"name": Path(data.root).name, "path": str(data.root), "layout": data.layout,
                          "samples": summary["samples"], "splits": summary["splits"],
                          "skipped": summary["skipped"], "classes": summary["classes"]},

@@ -88,6 +88,13 @@ class PromptSampler:
         texts += self.bank.get(_key(class_name), [])
         return [t for t in dict.fromkeys(texts) if t.strip().lower() not in self.held_out]
 
+    def sample_for_class(self, structures: Sequence[Structure], class_name: str,
+                         rng: np.random.Generator) -> Prompt:
+        """A prompt for one structure of the class in the image, the structure drawn at random
+        (its finding and description then speak for it)."""
+        group = [s for s in structures if s.class_name == class_name]
+        return self.sample(group[int(rng.integers(len(group)))], rng)
+
     def sample_absent(self, class_name: str, rng: np.random.Generator) -> Prompt:
         """A class prompt for a class the image does not contain: its target is empty."""
         options = self.class_prompts(class_name) or [class_name]

@@ -123,11 +123,10 @@ class SegmentationDataset(_Base):
         sample, class_name = self.item_info(index)
         rng = self._rng(index)
         structures = sample.structures
-        group = [k for k, s in enumerate(structures) if s.class_name == class_name]
         if self.train:
-            prompt = self.prompts.sample(structures[group[int(rng.integers(len(group)))]], rng)
+            prompt = self.prompts.sample_for_class(structures, class_name, rng)
         else:
-            prompt = PromptSampler.canonical(structures[group[0]])
+            prompt = PromptSampler.canonical(next(s for s in structures if s.class_name == class_name))
         targets = target_indices(prompt, structures)
         prepared, masks, support = self._prepared(sample)
         target = masks[targets].any(axis=0, keepdims=True)
@@ -171,10 +170,7 @@ class MultiPromptDataset(_Base):
         structures = sample.structures
         present = list(sample.classes)
         rng.shuffle(present)
-        chosen = []
-        for class_name in present[:self.prompts_per_image]:
-            group = [s for s in structures if s.class_name == class_name]
-            chosen.append(self.prompts.sample(group[int(rng.integers(len(group)))], rng))
+        chosen = [self.prompts.sample_for_class(structures, c, rng) for c in present[:self.prompts_per_image]]
         absent = [c for c in self.class_names if c not in present]
         rng.shuffle(absent)
         chosen += [self.prompts.sample_absent(c, rng) for c in absent[:self.prompts_per_image - len(chosen)]]

@@ -130,8 +130,8 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int |
         width = max(6, len(str(count - 1)))
         ids, structures = [], 0
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as jsonl:
+            organs = _organs(organ)
             for index in tqdm(range(count), desc="phantoms", unit="img", disable=not progress):
-                organs = _organs(organ)
                 sample = generate_sample(seed, index, size=size, probe=probe,
                                          organ=organs[index % len(organs)] if organs else None)
                 sample_id = f"{index:0{width}d}"
