@@ -114,7 +114,8 @@ class USVLMModel(nn.Module):
         """(B, 3, S, S) normalised images -> features for every head."""
         levels, embedding = self.backbone.encode_image_levels(images)
         levels = [x.to(self._mean.dtype) for x in levels]
-        return ImageFeatures(levels, embedding.to(self._mean.dtype), self.seg_head.reduce(levels))
+        return ImageFeatures(levels, embedding.to(self._mean.dtype),
+                             self.seg_head.reduce(levels, images))
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         return self.backbone.encode_text(list(texts)).to(self._mean.dtype)
@@ -245,7 +246,8 @@ def _verify_sha256(path: Path | None, expected: str | None, what: str) -> None:
 def build_model(backbone: str | Mapping[str, Any] | Backbone, *, pretrained: str | None = None,
                 adapter: AdapterConfig | None = None, seg_width: int | None = None,
                 classification: bool = True, cls_hidden: int = 0, decoder: str = "bilinear",
-                output_stride: int = 4, level_indices: Sequence[int] | None = None, bundle_backbone: bool | None = None,
+                output_stride: int = 4, detail_channels: int = 32,
+                level_indices: Sequence[int] | None = None, bundle_backbone: bool | None = None,
                 name: str = "usvlm", **model_kwargs: Any) -> USVLMModel:
     """A fresh model: backbone (random or pretrained) + adapters + untrained heads.
 
@@ -270,7 +272,8 @@ def build_model(backbone: str | Mapping[str, Any] | Backbone, *, pretrained: str
     width = seg_width or (512 if bb.width >= 512 else max(32, bb.width))
     seg = TextConditionedSegHead.from_config(SegHeadConfig(
         channels, bb.embed_dim, width=width, out_size=bb.image_size[0], decoder=decoder,
-        patch_size=bb.patch_size[0], output_stride=min(output_stride, bb.patch_size[0])))
+        patch_size=bb.patch_size[0], output_stride=min(output_stride, bb.patch_size[0]),
+        detail_channels=detail_channels))
     class_names = model_kwargs.pop("class_names", DEFAULT_CLASS_NAMES)
     cls = ClassificationHead.from_config(ClsHeadConfig(channels, len(class_names),
                                                        embed_dim=bb.embed_dim, hidden=cls_hidden)) \

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seg-stride", type=int, choices=(1, 2, 4, 8, 16),
                     help="decoder output stride; with --model, a head of another stride is "
                          "replaced by a fresh one")
+    ft.add_argument("--seg-detail", type=int, metavar="CHANNELS",
+                    help="channels of the segmentation head's image detail branch (0: none; "
+                         "default: the model's own, 32 for a fresh head); with --model, a head "
+                         "with another value is replaced by a fresh one")
     ft.add_argument("--few-shot", type=float, metavar="RATIO", help="train on this fraction (0-1)")
     ft.add_argument("--shots", type=int, help="train on this many images per class")
     _optim_args(ft, epochs=20, lr=1e-3, batch=8)
@@ -98,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  bottleneck=args.bottleneck, lora_rank=args.lora_rank,
                                  cls_loss=args.cls_loss, cls_weight=args.cls_weight,
                                  prompts_per_image=args.prompts_per_image, seg_stride=args.seg_stride,
+                                 seg_detail=args.seg_detail,
                                  bank_prompts=not args.no_bank_prompts,
                                  few_shot_ratio=args.few_shot, few_shot_shots=args.shots,
                                  name=args.name or "usvlm-finetuned", device=args.device,

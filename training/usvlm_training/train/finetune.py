@@ -51,6 +51,7 @@ class FinetuneConfig:
     lora_rank: int = 8
     seg_width: int | None = None
     seg_stride: int | None = None  # decoder output stride (None: the model's own, 4 when fresh)
+    seg_detail: int | None = None  # detail-branch channels (None: the model's own, 32 when fresh)
     cls_loss: str = "ce"  # or "focal"
     cls_weight: float = 0.5
     # Prompts per training image: its classes, then absent classes with empty targets (negatives).
@@ -98,18 +99,22 @@ def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
         model.backbone.freeze()
         model.name = cfg.name
         head = model.seg_head.config
-        if cfg.seg_stride and cfg.seg_stride != head.output_stride:
-            log.info("segmentation head: output stride %d -> %d, head re-initialised",
-                     head.output_stride, cfg.seg_stride)
+        changes = {k: v for k, v in (("output_stride", cfg.seg_stride),
+                                     ("detail_channels", cfg.seg_detail))
+                   if v is not None and v != getattr(head, k)}
+        if changes:
+            log.info("segmentation head: %s, head re-initialised", ", ".join(
+                f"{k} {getattr(head, k)} -> {v}" for k, v in changes.items()))
             model.seg_head = TextConditionedSegHead.from_config(
-                SegHeadConfig.from_dict({**head.to_dict(), "output_stride": cfg.seg_stride}))
+                SegHeadConfig.from_dict({**head.to_dict(), **changes}))
         if model.backbone.text_weights_path is not None:  # record the text encoder trained with
             model.backbone_spec["text_weights_sha256"] = weights_sha256(model.backbone.text_weights_path)
         return model
     if not cfg.backbone:
         raise InputError(None, "give --model (a model directory to start from) or --backbone")
     return build_model(cfg.backbone, pretrained=cfg.pretrained, adapter=_adapter_config(cfg),
-                       seg_width=cfg.seg_width, output_stride=cfg.seg_stride or 4, name=cfg.name)
+                       seg_width=cfg.seg_width, output_stride=cfg.seg_stride or 4,
+                       detail_channels=32 if cfg.seg_detail is None else cfg.seg_detail, name=cfg.name)
 
 
 def engine_text_encoder(model: USVLMModel) -> Callable[[Sequence[str]], Tensor]:
