@@ -74,34 +74,70 @@ def test_output_stride_defaults_to_full_resolution_for_older_configs() -> None:
             seg_head(output_stride=bad)
 
 
+def image(b: int = 2, grid: int = GRID, patch: int = 16) -> torch.Tensor:
+    return torch.randn(b, 3, grid * patch, grid * patch)
+
+
+@pytest.mark.parametrize(("stride", "kept"), [(1, [2, 4, 8]), (4, [4, 8]), (8, [8]), (16, [])])
+def test_detail_branch_feeds_the_decoder_stages_it_reaches(stride: int, kept: list[int]) -> None:
+    head, x, img = seg_head(output_stride=stride, detail_channels=8), levels(), image()
+    reduced = head.reduce(x, img)
+    # The cache holds the levels, then the detail maps of the strides the decoder uses.
+    assert [tuple(r.shape[-2:]) for r in reduced[3:]] == [(GRID * 16 // s,) * 2 for s in kept]
+    assert (head.detail is None) == (not kept)
+    out = head.decode(reduced, prompts(3))
+    assert out.shape == (2, 3, GRID * 16, GRID * 16) and torch.isfinite(out).all()
+    if kept:  # the image, not only the ViT levels, now shapes the maps
+        other = head(x, prompts(3), img.flip(-1))
+        assert (other - head(x, prompts(3), img)).abs().max() > 1e-4
+
+
+def test_detail_branch_needs_the_image_and_checks_it() -> None:
+    head = seg_head(detail_channels=8)
+    with pytest.raises(ValueError, match="needs the image"):
+        head.reduce(levels())
+    with pytest.raises(ValueError, match=r"image must be \(B, 3, 64, 64\)"):
+        head.reduce(levels(), image(patch=8))
+    with pytest.raises(ValueError, match="detail maps"):
+        head.decode(head.reduce(levels(), image())[:3], prompts(1))
+    with pytest.raises(ValueError, match="detail_channels"):
+        seg_head(detail_channels=-1)
+    data = seg_head().config.to_dict()
+    data.pop("detail_channels")  # a checkpoint written before the field existed
+    assert SegHeadConfig.from_dict(data).detail_channels == 0
+
+
 def test_different_prompts_give_different_maps() -> None:
     out = seg_head()(levels(1), prompts(2))
     assert (out[0, 0] - out[0, 1]).abs().max() > 1e-4
 
 
-def test_decode_of_reduce_equals_forward() -> None:
-    head, x, t = seg_head(), levels(), prompts(3)
+@pytest.mark.parametrize("detail", [0, 8])
+def test_decode_of_reduce_equals_forward(detail: int) -> None:
+    head, x, t, img = seg_head(detail_channels=detail), levels(), prompts(3), image()
     with torch.no_grad():
-        assert torch.equal(head.decode(head.reduce(x), t), head(x, t))
+        assert torch.equal(head.decode(head.reduce(x, img), t), head(x, t, img))
 
 
-def test_batched_prompts_and_images_equal_one_by_one() -> None:
-    head, x, t = seg_head(), levels(2), prompts(4)
+@pytest.mark.parametrize("detail", [0, 8])
+def test_batched_prompts_and_images_equal_one_by_one(detail: int) -> None:
+    head, x, t, img = seg_head(detail_channels=detail), levels(2), prompts(4), image(2)
     with torch.no_grad():
-        batched = head(x, t)
-        reduced = head.reduce(x)
+        batched = head(x, t, img)
+        reduced = head.reduce(x, img)
         for j in range(t.shape[0]):  # one prompt at a time over the cached reduction
             torch.testing.assert_close(head.decode(reduced, t[j:j + 1])[:, 0], batched[:, j],
                                        atol=1e-5, rtol=1e-5)
         for i in range(2):  # one image at a time
-            single = head([lv[i:i + 1] for lv in x], t)
+            single = head([lv[i:i + 1] for lv in x], t, img[i:i + 1])
             torch.testing.assert_close(single[0], batched[i], atol=1e-5, rtol=1e-5)
 
 
-def test_per_image_prompts_match_shared_prompts() -> None:
-    head, x, t = seg_head(), levels(2), prompts(3)
+@pytest.mark.parametrize("detail", [0, 8])
+def test_per_image_prompts_match_shared_prompts(detail: int) -> None:
+    head, x, t, img = seg_head(detail_channels=detail), levels(2), prompts(3), image(2)
     with torch.no_grad():
-        torch.testing.assert_close(head(x, t.expand(2, -1, -1)), head(x, t))
+        torch.testing.assert_close(head(x, t.expand(2, -1, -1), img), head(x, t, img))
 
 
 def test_seg_head_rejects_wrong_inputs_clearly() -> None:
@@ -183,6 +219,38 @@ def test_text_conditioning_tells_two_structures_apart() -> None:
     assert scores.min() > 0.8, f"Dice disk, square = {scores.tolist()}"
     # Swapping the prompts swaps the structures.
     assert dice(pred.flip(1), masks).max() < 0.5
+
+
+def test_detail_branch_places_boundaries_the_patch_grid_cannot() -> None:
+    """Levels that only know each patch's mean brightness (a ViT's view, coarsely) cannot place
+    a disk's edge inside a patch; the detail branch sees the pixels and can."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    text = prompts(1)
+
+    def batch(n: int, g: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        images, masks = toy_batch(n, g)
+        coarse = F.avg_pool2d(images, 8)                                # (n, 1, 4, 4)
+        return images.expand(-1, 3, -1, -1), [coarse.expand(-1, 16, -1, -1)] * 3, masks[:, :1]
+
+    scores = {}
+    for detail in (0, 8):
+        torch.manual_seed(0)
+        head = TextConditionedSegHead([16] * 3, D, width=32, patch_size=8, detail_channels=detail)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(80):
+            img, lv, masks = batch(8, g)
+            logits = head(lv, text, img)
+            soft = logits.sigmoid()
+            soft_dice = (2 * (soft * masks).sum((2, 3)) + 1) / ((soft + masks).sum((2, 3)) + 1)
+            loss = F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        img, lv, masks = batch(32, torch.Generator().manual_seed(99))
+        with torch.no_grad():
+            scores[detail] = float(dice((head(lv, text, img) > 0).float(), masks)[0])
+    assert scores[8] > 0.9 and scores[8] > scores[0] + 0.05, scores
 
 
 # --- zero-shot classification ---------------------------------------------------------------

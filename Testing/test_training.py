@@ -88,6 +88,21 @@ def test_pretrain_then_finetune_from_it(phantoms, tmp_path):
     torch.testing.assert_close(dict(before.backbone.model.named_parameters())[name],
                                dict(after.backbone.model.named_parameters())[name])
     assert after.backbone.adapter_config.kind == "mona"
+    head = manifest["heads"]["segmentation"]
+    assert (head["output_stride"], head["detail_channels"]) == (4, 32)  # a fresh head's defaults
+    assert after.seg_head.config == before.seg_head.config
+
+
+def test_finetune_replaces_a_head_of_another_configuration(phantoms, tiny_backbone, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert train_main(_finetune_args(phantoms, first, tiny_backbone, "--epochs", "1",
+                                     "--max-steps", "1")) == 0
+    assert train_main(["finetune", "--data", str(phantoms), "--out", str(second), "--model",
+                       str(first / "model"), "--epochs", "1", "--max-steps", "1", "--batch-size", "4",
+                       "--seg-detail", "0", "--seg-stride", "8"]) == 0
+    head = load_model(second / "model").seg_head
+    assert (head.config.output_stride, head.config.detail_channels, head.detail) == (8, 0, None)
+    assert "detail_channels 32 -> 0" in (second / "train.log").read_text()
 
 
 def _free_port() -> int:
