@@ -420,6 +420,39 @@ def test_bank_prompts_hold_out_a_stable_share_never_sampled():
     assert "cyst" in negatives and not negatives & set(bank.held_out_texts())
 
 
+def test_classes_of_one_bank_structure_form_a_group_prompted_as_a_whole(phantom_dir):
+    classes = ["benign mass", "cyst", "lymph node", "malignant mass", "thyroid nodule"]
+    bank = bank_prompts(classes, [None, "breast", "thyroid", "neck"], classes=classes)
+    # benign and malignant mass are classes of the breast bank's "mass"; the others stand alone
+    assert bank.groups == {"breast mass": ["benign mass", "malignant mass"]}
+    group_texts = set(bank.train["breast mass"]) | set(bank.held_out.get("breast mass", []))
+    assert "a breast mass on ultrasound" in group_texts
+    sampler = PromptSampler(bank_prompts=bank.train, held_out=bank.held_out_texts(), groups=bank.groups)
+    assert sampler.group_of("malignant mass") == "breast mass" and sampler.group_of("cyst") is None
+    drawn = {sampler.sample_group("breast mass", np.random.default_rng(i)).text for i in range(200)}
+    assert drawn & set(bank.train["breast mass"]) and not drawn & set(bank.held_out_texts())
+
+    data = open_dataset(phantom_dir)
+    ds = MultiPromptDataset(data.samples, 64, prompts_per_image=3, seed=4, class_names=classes,
+                            prompts=sampler, group_rate=1.0)
+    masses = {"benign mass", "malignant mass"}
+    seen = 0
+    for index, sample in enumerate(data.samples):
+        item = ds[index]
+        for text, mask, absent in zip(item["prompt"], item["mask"], item["absent"].tolist()):
+            if text not in drawn | {t.format("breast mass") for t in sampler.templates}:
+                continue
+            seen += 1
+            # the target is every mass of the image, benign or malignant; empty when none
+            assert absent == (not masses & set(sample.classes))
+            expected = ds._prepared(sample)[1][[i for i, st in enumerate(sample.structures)
+                                                if st.class_name in masses]]
+            assert bool(mask.any()) == bool(len(expected))
+    assert seen > 0
+    with pytest.raises(ValueError, match="group_rate"):
+        MultiPromptDataset(data.samples, 64, group_rate=1.5)
+
+
 def test_phantoms_of_several_organs_in_turn(tmp_path):
     write_dataset(tmp_path / "two", 4, seed=2, size=256, progress=False, organ=["breast", "neck"],
                   probe="linear")

@@ -5,12 +5,19 @@ a user types; when it names a bank entry, that entry's prompt ensemble becomes e
 prompts for the class. A fixed share of those texts is held out, chosen by a hash of the text (not
 by position, so adding a prompt to a bank does not reshuffle the others): the model never sees
 them, and the paraphrase check of `evaluate` prompts with them.
+
+Classes that are classes of one bank structure (benign and malignant mass: the breast bank's
+"mass") also form a *group*: the structure's own name, synonyms and prompts ("breast mass")
+refer to every class of it, so a user who types "breast mass" gets both kinds of mass, not the one
+the model happens to associate with the word.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from usvlm.errors import InputError
@@ -20,8 +27,9 @@ HELD_OUT_EVERY = 3  # one text in three, by hash
 
 @dataclass(frozen=True)
 class BankPrompts:
-    train: dict[str, list[str]]  # key (class name or finding) -> texts the model may see
+    train: dict[str, list[str]]  # key (class name, finding, group) -> texts the model may see
     held_out: dict[str, list[str]]  # key -> texts kept back for the paraphrase check
+    groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # group -> its classes
 
     def held_out_texts(self) -> list[str]:
         return [t for texts in self.held_out.values() for t in texts]
@@ -34,10 +42,13 @@ def is_held_out(text: str, every: int = HELD_OUT_EVERY) -> bool:
 
 
 def bank_prompts(keys: Iterable[str], organs: Sequence[str | None] = (None,), *,
-                 every: int = HELD_OUT_EVERY) -> BankPrompts:
+                 classes: Iterable[str] = (), every: int = HELD_OUT_EVERY) -> BankPrompts:
     """Bank texts of each key (class name or finding) that the engine resolves to a bank entry,
     gathered over `organs` (the same name may resolve to another organ's entry, e.g. a cyst of
-    the breast or of the thyroid), and split into training texts and held-out paraphrases."""
+    the breast or of the thyroid), and split into training texts and held-out paraphrases.
+
+    `classes`: the data set's classes; two or more that resolve to classes of one bank structure
+    form a group keyed by the structure's name, with the structure's texts."""
     from usvlm.text.banks import default_banks
     from usvlm.text.resolve import PromptResolver
 
@@ -50,14 +61,45 @@ def bank_prompts(keys: Iterable[str], organs: Sequence[str | None] = (None,), *,
             continue
     train: dict[str, list[str]] = {}
     held: dict[str, list[str]] = {}
+
+    def add(key: str, texts: list[str]) -> None:
+        texts = [t for t in dict.fromkeys(texts) if t.strip().lower() != key.strip().lower()]
+        if texts:
+            train[key] = [t for t in texts if not is_held_out(t, every)]
+            held[key] = [t for t in texts if is_held_out(t, every)]
+
     for key in dict.fromkeys(keys):
         texts: list[str] = []
         for resolver in resolvers:
             resolved = resolver(key)
             if resolved.matched_by in ("exact", "synonym"):
                 texts += resolved.ensemble
-        texts = [t for t in dict.fromkeys(texts) if t.strip().lower() != key.strip().lower()]
-        if texts:
-            train[key] = [t for t in texts if not is_held_out(t, every)]
-            held[key] = [t for t in texts if is_held_out(t, every)]
-    return BankPrompts(train, {k: v for k, v in held.items() if v})
+        add(key, texts)
+    groups = _groups(classes, resolvers, banks)
+    for name, (structure, _) in groups.items():
+        add(name, [structure.name, *structure.synonyms, *structure.prompts])
+    return BankPrompts(train, {k: v for k, v in held.items() if v},
+                       {name: members for name, (_, members) in groups.items()})
+
+
+def _groups(classes: Iterable[str], resolvers: Sequence[Any], banks: Any
+            ) -> dict[str, tuple[Any, list[str]]]:
+    """Structure name -> (bank structure, the data set's classes that are classes of it), for
+    structures holding two or more of them."""
+    members: dict[tuple[str, str], list[str]] = {}
+    for name in dict.fromkeys(classes):
+        for resolver in resolvers:
+            resolved = resolver(name)
+            extra = resolved.extra
+            if resolved.matched_by in ("exact", "synonym") and extra.get("class"):
+                owners = members.setdefault((extra["bank"], extra["structure"]), [])
+                if name not in owners:
+                    owners.append(name)
+                break
+    by_id = {bank.id: bank for bank in banks}
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for (bank_id, structure_id), names in members.items():
+        if len(names) >= 2:
+            structure = by_id[bank_id].structure(structure_id)
+            out[structure.name.lower()] = (structure, sorted(names))
+    return out

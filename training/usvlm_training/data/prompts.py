@@ -6,7 +6,9 @@ their masks:
   refer to every structure of that class: "lymph node" covers all three nodes of an image;
 - "finding" prompts (class qualified by malignancy: "malignant lymph node") and "description"
   prompts (the structure's attribute description) refer to the structures of that class with
-  that malignancy.
+  that malignancy;
+- "group" prompts (a bank structure's own texts, "breast mass") refer to every structure of the
+  classes it groups (benign and malignant masses).
 So one image with a cyst and a mass teaches that "cyst" is the cyst and not the mass.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from .samples import Structure, class_from_segment_name
 
-Kind = Literal["class", "finding", "description"]
+Kind = Literal["class", "finding", "description", "group"]
 
 # A few synonyms per class; the full prompt banks (Resources/prompts/) come in as `bank_prompts`.
 # Synonyms stay specific to their class: "lesion" or "mass" alone would name several classes.
@@ -44,11 +46,14 @@ DEFAULT_WEIGHTS: dict[Kind, float] = {"class": 0.5, "finding": 0.2, "description
 class Prompt:
     text: str
     kind: Kind
-    class_name: str
+    class_name: str  # for a group prompt: the group's name
     malignancy: str | None = None
+    classes: tuple[str, ...] = ()  # a group prompt's classes
 
     def refers_to(self, structure: Structure) -> bool:
         """Whether the structure belongs to the prompt's target."""
+        if self.kind == "group":
+            return structure.class_name in self.classes
         if structure.class_name != self.class_name:
             return False
         return self.kind == "class" or structure.malignancy == self.malignancy
@@ -65,13 +70,16 @@ class PromptSampler:
     bank_prompts: extra texts keyed by class name ("thyroid nodule") or finding
     ("malignant thyroid nodule"), keys matched regardless of case and punctuation;
     held_out: exact texts never produced (kept back for the paraphrase test);
-    weights: how often each kind is drawn (renormalised over the kinds a structure has).
+    weights: how often each kind is drawn (renormalised over the kinds a structure has);
+    groups: group name -> its classes (texts: the group name in templates, `bank_prompts[name]`).
     """
 
     def __init__(self, bank_prompts: Mapping[str, Sequence[str]] | None = None,
                  held_out: Collection[str] = (), weights: Mapping[Kind, float] | None = None,
-                 templates: Sequence[str] = TEMPLATES) -> None:
+                 templates: Sequence[str] = TEMPLATES,
+                 groups: Mapping[str, Sequence[str]] | None = None) -> None:
         self.bank = {_key(k): list(v) for k, v in (bank_prompts or {}).items()}
+        self.groups = {name: tuple(members) for name, members in (groups or {}).items()}
         self.held_out = {t.strip().lower() for t in held_out}
         self.weights = dict(weights or DEFAULT_WEIGHTS)
         self.templates = tuple(templates)
@@ -94,6 +102,17 @@ class PromptSampler:
         (its finding and description then speak for it)."""
         group = [s for s in structures if s.class_name == class_name]
         return self.sample(group[int(rng.integers(len(group)))], rng)
+
+    def group_of(self, class_name: str) -> str | None:
+        """The group a class belongs to, if any."""
+        return next((g for g, members in self.groups.items() if class_name in members), None)
+
+    def sample_group(self, group: str, rng: np.random.Generator) -> Prompt:
+        """A prompt naming the whole group ("breast mass"): its target is every member class."""
+        texts = [t.format(group) for t in self.templates] + self.bank.get(_key(group), [])
+        options = [t for t in dict.fromkeys(texts) if t.strip().lower() not in self.held_out]
+        return Prompt(options[int(rng.integers(len(options)))] if options else group, "group",
+                      group, classes=self.groups[group])
 
     def sample_absent(self, class_name: str, rng: np.random.Generator) -> Prompt:
         """A class prompt for a class the image does not contain: its target is empty."""

@@ -20,7 +20,7 @@ from usvlm.errors import InputError
 from usvlm.preprocess import PreparedImage, prepare
 
 from .augment import AugmentConfig, augment_image
-from .prompts import Kind, PromptSampler, target_indices
+from .prompts import Kind, Prompt, PromptSampler, target_indices
 from .samples import Sample, combined_label
 
 
@@ -138,13 +138,19 @@ class SegmentationDataset(_Base):
                 "prompt_kind": prompt.kind}
 
 
+# Share of a grouped class's prompts that name the group instead ("breast mass" for a benign mass).
+GROUP_RATE = 0.25
+
+
 class MultiPromptDataset(_Base):
     """Training items with several prompts per image: (image, P prompts, P target masks, label).
 
     The image encoder, the costly part of a step, runs once for P prompts. The prompts name
     every class the image holds (up to P, in random order), and the remaining slots name classes
     it does not hold, with empty targets: the model must learn to answer "not here", which is
-    what makes a prompt select its structure rather than any lesion.
+    what makes a prompt select its structure rather than any lesion. A class that belongs to a
+    group (benign and malignant mass: "breast mass") is now and then prompted by the group's
+    texts instead, with every structure of the group as the target.
     Item: image (1, S, S), mask (P, S, S), prompt list of P str, label int (of the first prompt,
     always a present class), spacing, id, class_name (the first prompt's), absent (P,) bool.
     """
@@ -152,11 +158,15 @@ class MultiPromptDataset(_Base):
     def __init__(self, samples: Sequence[Sample], image_size: int, prompts_per_image: int = 3,
                  seed: int = 0, *, class_names: Sequence[str] | None = None,
                  prompts: PromptSampler | None = None, augment_config: AugmentConfig | None = None,
-                 bank_prompts: Mapping[str, Sequence[str]] | None = None) -> None:
+                 bank_prompts: Mapping[str, Sequence[str]] | None = None,
+                 group_rate: float = GROUP_RATE) -> None:
         super().__init__(samples, image_size, True, seed,
                          prompts or PromptSampler(bank_prompts=bank_prompts), augment_config)
         if prompts_per_image < 1:
             raise ValueError(f"prompts_per_image must be at least 1, got {prompts_per_image}")
+        if not 0.0 <= group_rate <= 1.0:
+            raise ValueError(f"group_rate must be in [0, 1], got {group_rate}")
+        self.group_rate = float(group_rate)
         self.class_names = sorted(set(class_names or (c for s in self.samples for c in s.classes)))
         # fixed P for every item (they are stacked); a data set of fewer classes caps it
         self.prompts_per_image = min(int(prompts_per_image), len(self.class_names))
@@ -164,16 +174,30 @@ class MultiPromptDataset(_Base):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _group_prompt(self, class_name: str, rng: np.random.Generator,
+                      present: set[str] | None = None) -> Prompt | None:
+        """Now and then (`group_rate`) the class's group prompt ("breast mass") in its place;
+        for an absent class only when no class of the group is in the image."""
+        group = self.prompts.group_of(class_name)
+        if group is None or rng.random() >= self.group_rate:
+            return None
+        if present is not None and present & set(self.prompts.groups[group]):
+            return None
+        return self.prompts.sample_group(group, rng)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         rng = self._rng(index)
         structures = sample.structures
         present = list(sample.classes)
         rng.shuffle(present)
-        chosen = [self.prompts.sample_for_class(structures, c, rng) for c in present[:self.prompts_per_image]]
+        chosen = [self._group_prompt(c, rng) or self.prompts.sample_for_class(structures, c, rng)
+                  for c in present[:self.prompts_per_image]]
         absent = [c for c in self.class_names if c not in present]
         rng.shuffle(absent)
-        chosen += [self.prompts.sample_absent(c, rng) for c in absent[:self.prompts_per_image - len(chosen)]]
+        held = set(present)
+        chosen += [self._group_prompt(c, rng, held) or self.prompts.sample_absent(c, rng)
+                   for c in absent[:self.prompts_per_image - len(chosen)]]
         prepared, masks, support = self._prepared(sample)
         size = self.image_size
         targets = [target_indices(p, structures) for p in chosen]

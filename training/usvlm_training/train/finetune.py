@@ -134,8 +134,12 @@ def _prompt_sampler(cfg: FinetuneConfig, samples: Sequence[Any]) -> tuple[Prompt
         return PromptSampler(), {}
     keys = sorted({k for s in samples for st in s.structures for k in (st.class_name, st.finding)})
     organs = [None, *sorted({s.organ for s in samples if s.organ})]
-    bank = bank_prompts(keys, organs)
-    return PromptSampler(bank_prompts=bank.train, held_out=bank.held_out_texts()), bank.held_out
+    classes = sorted({st.class_name for s in samples for st in s.structures})
+    bank = bank_prompts(keys, organs, classes=classes)
+    if bank.groups:
+        log.info("prompt groups: %s", "; ".join(f"{g} = {', '.join(m)}" for g, m in bank.groups.items()))
+    return PromptSampler(bank_prompts=bank.train, held_out=bank.held_out_texts(),
+                         groups=bank.groups), bank.held_out
 
 
 def _loaders(cfg: FinetuneConfig, size: int, info: DistInfo) -> tuple[Any, Any, dict[str, Any]]:
