@@ -152,7 +152,8 @@ class MultiPromptDataset(_Base):
     group (benign and malignant mass: "breast mass") is now and then prompted by the group's
     texts instead, with every structure of the group as the target.
     Item: image (1, S, S), mask (P, S, S), prompt list of P str, label int (of the first prompt,
-    always a present class), spacing, id, class_name (the first prompt's), absent (P,) bool.
+    always a present class), spacing, id, class_name (the first prompt's; a group prompt gives the
+    group's name), absent (P,) bool.
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, prompts_per_image: int = 3,
