@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Recipe of the bundled default model (Resources/Models/usvlm-default): phantoms -> CLIP-style
 # pretraining of a small ViT with the frozen MiniLM text encoder -> fine-tuning of Mona adapters
-# and heads (3 prompts per image: its classes and absent ones) -> evaluation on the held-out test
+# and heads (3 prompts per image: its classes or their group, then absent ones) -> evaluation on the test
 # split (Dice, selectivity, held-out paraphrases) -> copy into Resources/Models, renew the golden
 # masks of the bundled sample.
-#   bash training/make_default_model.sh [WORK_DIR]      (WALL_TIME on 2 CPU cores)
+#   bash training/make_default_model.sh [WORK_DIR]      (35.5 min on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-work/default-model}"
