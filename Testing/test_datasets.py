@@ -259,8 +259,8 @@ def test_default_augmentation_never_flips_vertically():
     image = np.tile(np.linspace(0.2, 0.8, 64, dtype=np.float32)[:, None], (1, 48))
     top_half = np.zeros((64, 48), bool)
     top_half[:32] = True
-    for seed in range(150):
-        out = augment_image(image, top_half, seed=seed)
+    for seed in range(150):  # zoom-out pads the top row with black: tested on its own below
+        out = augment_image(image, top_half, seed=seed, config=AugmentConfig(zoom_out_p=0.0))
         assert not out.params["vflip"]
         assert out.masks[0].all() and not out.masks[-1].any(), seed
     flipped = augment_image(image, top_half, seed=0, config=AugmentConfig(vflip_p=1.0))
@@ -275,9 +275,27 @@ def test_augmentation_keeps_masks_on_the_image():
         out = augment_image(image, square[None], seed=[7, seed])
         mask = out.masks[0]
         assert mask.any()
-        inside, outside = out.image[mask].mean(), out.image[~mask].mean()
+        inside, outside = out.image[mask].mean(), out.image[~mask & (out.support > 0.5)].mean()
         bright = out.image > (inside + outside) / 2
-        assert (bright & mask).sum() / (bright | mask).sum() > 0.85, seed
+        # a zoomed-out square is smaller (down to 14 px), so its one-pixel edge weighs more
+        limit = 0.75 if out.params["zoom_out"] else 0.85
+        assert (bright & mask).sum() / (bright | mask).sum() > limit, seed
+
+
+def test_zoom_out_shrinks_the_image_and_pads_it_black_outside_the_field_of_view():
+    image = np.full((80, 80), 0.5, np.float32)
+    square = _square_mask((80, 80), 30, 30, 20)
+    image[square] = 0.9
+    only_zoom = AugmentConfig(crop_p=0.0, hflip_p=0.0, intensity_p=0.0, depth_p=0.0, speckle_p=0.0,
+                              blur_p=0.0, zoom_out_p=1.0, zoom_out_scale=(2.0, 2.0))
+    for seed in range(10):
+        out = augment_image(image, square[None], seed=seed, config=only_zoom)
+        assert out.params["zoom_out"]
+        assert abs(out.masks[0].sum() / square.sum() - 0.5) < 0.1  # half the area at 2x
+        assert abs(out.support.mean() - 0.5) < 0.05  # the image fills half the output
+        assert out.image[out.support < 0.5].max() == 0.0 and not out.masks[0][out.support < 0.5].any()
+    kept = {augment_image(image, square[None], seed=s).params["zoom_out"] for s in range(40)}
+    assert kept == {True, False}  # the default zooms out now and then
 
 
 def test_augmentation_deterministic_torch_and_support():

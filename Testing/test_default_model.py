@@ -47,9 +47,6 @@ def test_golden_masks_on_the_bundled_sample(segmenter):
         assert dice(result.mask, mask) >= 0.99
 
 
-@pytest.mark.xfail(strict=True, reason="known failure of the current default model, recorded in "
-                   "docs/default-model/README.md: it contours only the upper part of the sample's "
-                   "mass (Dice 0.40); strict, so a model that fixes it makes this test say so")
 def test_sample_mass_matches_its_phantom_ground_truth(segmenter):
     """Not a regression but quality: the mass of the (unseen) sample phantom is found."""
     output = segmenter.segment(read_image(SAMPLES / "phantom_breast_us.dcm"), "breast mass")

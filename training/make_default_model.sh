@@ -4,7 +4,7 @@
 # and heads (3 prompts per image: its classes or their group, then absent ones) -> evaluation on the test
 # split (Dice, selectivity, held-out paraphrases) -> copy into Resources/Models, renew the golden
 # masks of the bundled sample.
-#   bash training/make_default_model.sh [WORK_DIR]      (35.5 min on 2 CPU cores)
+#   bash training/make_default_model.sh [WORK_DIR]      (34.5 min on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${1:-work/default-model}"

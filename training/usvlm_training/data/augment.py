@@ -45,11 +45,16 @@ class AugmentConfig:
     speckle_looks: Range = (2.0, 8.0)  # shape of the gamma distribution (more looks: less noise)
     blur_p: float = 0.3
     blur_sigma: Range = (0.3, 1.0)  # pixels
+    # Zoom out, in place of the crop: a box larger than the image (area ratio), the outside
+    # padded black and outside the field of view, as the letterbox pads. Crops only ever zoom
+    # in; without this, structures smaller in the model input than in training are missed.
+    zoom_out_p: float = 0.25
+    zoom_out_scale: Range = (1.0, 2.0)
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         return cls(crop_p=0.0, hflip_p=0.0, vflip_p=0.0, intensity_p=0.0, depth_p=0.0,
-                   speckle_p=0.0, blur_p=0.0)
+                   speckle_p=0.0, blur_p=0.0, zoom_out_p=0.0)
 
 
 @dataclass
@@ -99,6 +104,13 @@ def _draw(rng: np.random.Generator, config: AugmentConfig, shape: tuple[int, int
     params["depth"] = bool(u[4] < config.depth_p)
     params["speckle"] = bool(u[5] < config.speckle_p)
     params["blur"] = bool(u[6] < config.blur_p)
+    # Drawn last, so the draws above stay what they were before zoom-out existed.
+    zoom = float(rng.uniform(*config.zoom_out_scale))
+    zh, zw = np.sqrt(zoom) * h, np.sqrt(zoom) * w
+    ztop, zleft = rng.uniform(h - zh, 0.0), rng.uniform(w - zw, 0.0)
+    params["zoom_out"] = bool(rng.random() < config.zoom_out_p and zoom > 1.0)
+    if params["zoom_out"]:
+        params["crop"] = (float(ztop), float(zleft), float(zh), float(zw))
     return params
 
 
@@ -112,7 +124,12 @@ def _resample(stack: np.ndarray, crop: tuple[float, float, float, float] | None,
         rows = top + (np.arange(h) + 0.5) * ch / h - 0.5
         cols = left + (np.arange(w) + 0.5) * cw / w - 0.5
         grid = np.stack(np.meshgrid(rows, cols, indexing="ij"))
-        stack = np.stack([ndimage.map_coordinates(s, grid, order=1, mode="nearest") for s in stack])
+        # A box reaching outside the image (zoom-out) is padded with zeros: black, no structure,
+        # outside the field of view; inside it, edge pixels are repeated.
+        outside = min(top, left) < -1e-6 or top + ch > h + 1e-6 or left + cw > w + 1e-6
+        mode = "constant" if outside else "nearest"
+        stack = np.stack([ndimage.map_coordinates(s, grid, order=1, mode=mode, cval=0.0)
+                          for s in stack])
     if hflip:
         stack = stack[:, :, ::-1]
     if vflip:
