@@ -197,21 +197,31 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 2 * (pred * target).sum((0, 2, 3)) / (pred + target).sum((0, 2, 3))
 
 
-def test_text_conditioning_tells_two_structures_apart() -> None:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    head = TextConditionedSegHead([16] * 3, D, width=32, patch_size=TOY_PATCH)
-    text = prompts(2)
+def fit_toy(head: TextConditionedSegHead, batch, text: torch.Tensor, steps: int) -> None:  # noqa: ANN001
+    """Train `head` on `batch(g) -> (levels, image or None, masks)` with Dice + cross-entropy."""
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
-    for _ in range(100):
-        images, masks = toy_batch(8, g)
-        logits = head(toy_levels(images), text)
+    for _ in range(steps):
+        lv, img, masks = batch(g)
+        logits = head(lv, text, img)
         soft = logits.sigmoid()
         soft_dice = (2 * (soft * masks).sum((2, 3)) + 1) / ((soft + masks).sum((2, 3)) + 1)
         loss = F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def test_text_conditioning_tells_two_structures_apart() -> None:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    head = TextConditionedSegHead([16] * 3, D, width=32, patch_size=TOY_PATCH)
+    text = prompts(2)
+
+    def batch(g: torch.Generator) -> tuple[list[torch.Tensor], None, torch.Tensor]:
+        images, masks = toy_batch(8, g)
+        return toy_levels(images), None, masks
+
+    fit_toy(head, batch, text, steps=100)
     images, masks = toy_batch(32, torch.Generator().manual_seed(99))
     with torch.no_grad():
         pred = (head(toy_levels(images), text) > 0).float()
@@ -227,27 +237,17 @@ def test_detail_branch_places_boundaries_the_patch_grid_cannot() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     text = prompts(1)
 
-    def batch(n: int, g: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    def batch(g: torch.Generator, n: int = 8) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         images, masks = toy_batch(n, g)
         coarse = F.avg_pool2d(images, 8)                                # (n, 1, 4, 4)
-        return images.expand(-1, 3, -1, -1), [coarse.expand(-1, 16, -1, -1)] * 3, masks[:, :1]
+        return [coarse.expand(-1, 16, -1, -1)] * 3, images.expand(-1, 3, -1, -1), masks[:, :1]
 
     scores = {}
     for detail in (0, 8):
         torch.manual_seed(0)
         head = TextConditionedSegHead([16] * 3, D, width=32, patch_size=8, detail_channels=detail)
-        optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(80):
-            img, lv, masks = batch(8, g)
-            logits = head(lv, text, img)
-            soft = logits.sigmoid()
-            soft_dice = (2 * (soft * masks).sum((2, 3)) + 1) / ((soft + masks).sum((2, 3)) + 1)
-            loss = F.binary_cross_entropy_with_logits(logits, masks) + (1 - soft_dice).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        img, lv, masks = batch(32, torch.Generator().manual_seed(99))
+        fit_toy(head, batch, text, steps=80)
+        lv, img, masks = batch(torch.Generator().manual_seed(99), 32)
         with torch.no_grad():
             scores[detail] = float(dice((head(lv, text, img) > 0).float(), masks)[0])
     assert scores[8] > 0.9 and scores[8] > scores[0] + 0.05, scores

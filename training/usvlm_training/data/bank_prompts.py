@@ -14,11 +14,10 @@ the model happens to associate with the word.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-from dataclasses import dataclass
 
 from usvlm.errors import InputError
 
@@ -29,7 +28,7 @@ HELD_OUT_EVERY = 3  # one text in three, by hash
 class BankPrompts:
     train: dict[str, list[str]]  # key (class name, finding, group) -> texts the model may see
     held_out: dict[str, list[str]]  # key -> texts kept back for the paraphrase check
-    groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # group -> its classes
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its classes
 
     def held_out_texts(self) -> list[str]:
         return [t for texts in self.held_out.values() for t in texts]
@@ -68,34 +67,28 @@ def bank_prompts(keys: Iterable[str], organs: Sequence[str | None] = (None,), *,
             train[key] = [t for t in texts if not is_held_out(t, every)]
             held[key] = [t for t in texts if is_held_out(t, every)]
 
-    for key in dict.fromkeys(keys):
-        texts: list[str] = []
-        for resolver in resolvers:
-            resolved = resolver(key)
-            if resolved.matched_by in ("exact", "synonym"):
-                texts += resolved.ensemble
-        add(key, texts)
-    groups = _groups(classes, resolvers, banks)
+    # Each name resolved once per organ; names and synonyms only (no embedding match).
+    keys, classes = list(dict.fromkeys(keys)), list(dict.fromkeys(classes))
+    resolved = {name: [r for r in (resolver(name) for resolver in resolvers)
+                       if r.matched_by in ("exact", "synonym")]
+                for name in dict.fromkeys([*keys, *classes])}
+    for key in keys:
+        add(key, [t for r in resolved[key] for t in r.ensemble])
+    groups = _groups({name: resolved[name] for name in classes}, banks)
     for name, (structure, _) in groups.items():
         add(name, [structure.name, *structure.synonyms, *structure.prompts])
     return BankPrompts(train, {k: v for k, v in held.items() if v},
                        {name: members for name, (_, members) in groups.items()})
 
 
-def _groups(classes: Iterable[str], resolvers: Sequence[Any], banks: Any
-            ) -> dict[str, tuple[Any, list[str]]]:
+def _groups(resolved: dict[str, list[Any]], banks: Any) -> dict[str, tuple[Any, list[str]]]:
     """Structure name -> (bank structure, the data set's classes that are classes of it), for
-    structures holding two or more of them."""
+    structures holding two or more of them. `resolved`: class -> its matches, organ by organ."""
     members: dict[tuple[str, str], list[str]] = {}
-    for name in dict.fromkeys(classes):
-        for resolver in resolvers:
-            resolved = resolver(name)
-            extra = resolved.extra
-            if resolved.matched_by in ("exact", "synonym") and extra.get("class"):
-                owners = members.setdefault((extra["bank"], extra["structure"]), [])
-                if name not in owners:
-                    owners.append(name)
-                break
+    for name, matches in resolved.items():
+        first = next((r.extra for r in matches if r.extra.get("class")), None)
+        if first is not None:
+            members.setdefault((first["bank"], first["structure"]), []).append(name)
     by_id = {bank.id: bank for bank in banks}
     out: dict[str, tuple[Any, list[str]]] = {}
     for (bank_id, structure_id), names in members.items():

@@ -109,8 +109,7 @@ class PromptSampler:
 
     def sample_group(self, group: str, rng: np.random.Generator) -> Prompt:
         """A prompt naming the whole group ("breast mass"): its target is every member class."""
-        texts = [t.format(group) for t in self.templates] + self.bank.get(_key(group), [])
-        options = [t for t in dict.fromkeys(texts) if t.strip().lower() not in self.held_out]
+        options = self.class_prompts(group)  # the group's name in templates, its bank texts
         return Prompt(options[int(rng.integers(len(options)))] if options else group, "group",
                       group, classes=self.groups[group])
 

@@ -92,6 +92,9 @@ def _adapter_config(cfg: FinetuneConfig) -> AdapterConfig:
 def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
     """The model to train: an existing model directory (adapters added when it has none) or a
     fresh one on `cfg.backbone`."""
+    # Head settings given on the command line; the others are the model's own (or build_model's).
+    asked = {k: v for k, v in (("output_stride", cfg.seg_stride), ("detail_channels", cfg.seg_detail))
+             if v is not None}
     if cfg.model:
         model = load_model(cfg.model)
         if not has_adapters(model.backbone) and cfg.adapter != "none":
@@ -99,9 +102,7 @@ def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
         model.backbone.freeze()
         model.name = cfg.name
         head = model.seg_head.config
-        changes = {k: v for k, v in (("output_stride", cfg.seg_stride),
-                                     ("detail_channels", cfg.seg_detail))
-                   if v is not None and v != getattr(head, k)}
+        changes = {k: v for k, v in asked.items() if v != getattr(head, k)}
         if changes:
             log.info("segmentation head: %s, head re-initialised", ", ".join(
                 f"{k} {getattr(head, k)} -> {v}" for k, v in changes.items()))
@@ -113,8 +114,7 @@ def build_for_finetuning(cfg: FinetuneConfig) -> USVLMModel:
     if not cfg.backbone:
         raise InputError(None, "give --model (a model directory to start from) or --backbone")
     return build_model(cfg.backbone, pretrained=cfg.pretrained, adapter=_adapter_config(cfg),
-                       seg_width=cfg.seg_width, output_stride=cfg.seg_stride or 4,
-                       detail_channels=32 if cfg.seg_detail is None else cfg.seg_detail, name=cfg.name)
+                       seg_width=cfg.seg_width, name=cfg.name, **asked)
 
 
 def engine_text_encoder(model: USVLMModel) -> Callable[[Sequence[str]], Tensor]:
