@@ -21,6 +21,7 @@ appears, i.e. that nothing in USVLM unpickles model files.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import struct
@@ -34,12 +35,17 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the ROUND_TWO modules
 DEFAULT_OUT = HERE / "bad"
 
 PATIENT_NAME = "Quillfeather^Zephyrine"
 PATIENT_ID = "PHI-7731-XQZ"
 PICKLE_MARKER_ENV = "USVLM_PICKLE_MARKER"
 PICKLE_MARKER_DEFAULT = "/tmp/usvlm-pickle-marker"
+
+# Modules beside this file with more cases: each defines `make(out: Path, entry) -> None` and calls
+# `entry(...)` (below) for every file or folder it writes into `out`.
+ROUND_TWO = ("corpus_dicom2", "corpus_itk2", "corpus_models2", "corpus_cli2")
 
 # name -> (kind, exercises, expected error type[, message regex])
 MANIFEST: dict[str, dict[str, str]] = {}
@@ -656,6 +662,8 @@ def build(out: Path) -> dict[str, dict[str, str]]:
     make_seg(out)
     make_models(out)
     make_banks(out)
+    for module in ROUND_TWO:  # the second hardening round's cases, one module per area
+        importlib.import_module(module).make(out, entry)
     listing = {"description": "Malformed inputs; every reader, loader and CLI command must refuse each "
                               "with the project's own error naming the file (CLI exit code 2). Made by "
                               "Testing/Data/make_bad_corpus.py; do not edit by hand.",

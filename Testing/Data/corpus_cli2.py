@@ -1,0 +1,13 @@
+"""Bad-input corpus, second hardening round: inputs the command-line cases use (round two).
+
+Called by make_bad_corpus.py (`make(out, entry)`); every file written here is listed with `entry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+
+def make(out: Path, entry: Callable[..., None]) -> None:
+    """Write this area's cases into `out` (none yet)."""
