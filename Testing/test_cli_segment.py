@@ -32,8 +32,8 @@ def test_segment_one_dicom_all_outputs(tmp_path, model_dir, capsys):
     assert seg["segments"][0]["terminology"]["type"][:2] == ["SCT", "59441001"]
     result = read_seg_nrrd(out)
     assert result.segments[0].mask.shape == (480, 640)
-    assert (tmp_path / "us1.dcm").is_file() and (tmp_path / "us1.png").is_file()
-    report = json.loads((tmp_path / "us1.json").read_text())
+    assert (tmp_path / "us1.seg.dcm").is_file() and (tmp_path / "us1.overlay.png").is_file()
+    report = json.loads((tmp_path / "us1.seg.json").read_text())
     assert [s["name"] for s in report["segments"]] == ["Lymph node", "Cyst"]
     first = report["segments"][0]
     assert first["options"]["threshold"] == 0.4
@@ -107,4 +107,4 @@ def test_overlay_is_a_real_png(tmp_path, model_dir):
     out = tmp_path / "o.seg.nrrd"
     assert main(["segment", str(us_file("US1_UNCR.dcm")), "--prompt", "mass", "--model", str(model_dir),
                  "-o", str(out), "--overlay"]) == 0
-    assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "o.overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,7 +2,8 @@
 # Set up (or reuse) the environment, then run the main job on the bundled sample: contour a breast
 # ultrasound DICOM with the bundled default model by text prompt, and write a Slicer segmentation
 # (.seg.nrrd), a DICOM SEG, an overlay PNG and the measurements (JSON).
-# Output goes to ./out/demo (override with USVLM_DEMO_OUT).
+# Output goes to ./out/demo (override with USVLM_DEMO_OUT); a rerun replaces the demo's own outputs
+# there (--force), never anything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -16,10 +17,10 @@ echo "== the bundled sample"
 
 echo; echo "== contour 'breast mass' and 'cyst' with the bundled default model"
 "$PY/usvlm" segment "$SAMPLE" --prompt "breast mass" --prompt cyst \
-  -o "$OUT/phantom_breast_us.seg.nrrd" --dicom-seg --overlay --json
+  -o "$OUT/phantom_breast_us.seg.nrrd" --dicom-seg --overlay --json --force
 
-echo; echo "== measurements and classification ($OUT/phantom_breast_us.json)"
-"$PY/python" - "$OUT/phantom_breast_us.json" <<'PYEOF'
+echo; echo "== measurements and classification ($OUT/phantom_breast_us.seg.json)"
+"$PY/python" - "$OUT/phantom_breast_us.seg.json" <<'PYEOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
 for s in report["segments"]:
@@ -32,4 +33,4 @@ for s in report["segments"]:
     print(line)
 PYEOF
 echo; echo "wrote $OUT/phantom_breast_us.seg.nrrd (open it in 3D Slicer over the DICOM image),"
-echo "      $OUT/phantom_breast_us.dcm (DICOM SEG), $OUT/phantom_breast_us.png (overlay)"
+echo "      $OUT/phantom_breast_us.seg.dcm (DICOM SEG), $OUT/phantom_breast_us.overlay.png (overlay)"

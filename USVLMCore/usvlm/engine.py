@@ -62,11 +62,25 @@ class CancelToken:
 
 
 def choose_device(device: str | torch.device = "auto") -> torch.device:
-    """CUDA when present, then Apple MPS, else the CPU."""
+    """CUDA when present, then Apple MPS, else the CPU; a device that is not here is a one-line
+    error (the Slicer module and scripts pass any text, not only the command line's choices)."""
     if str(device) != "auto":
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise USVLMError(f"device {device} asked for, but CUDA is not available on this machine")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise USVLMError(f"unknown device {str(device)[:40]!r}; use auto, cpu, cuda, cuda:N "
+                             "or mps") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise USVLMError(f"device {device} asked for, but CUDA is not available on this machine")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise USVLMError(f"device {device} asked for, but this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
+        elif dev.type == "mps":
+            if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+                raise USVLMError(f"device {device} asked for, but Apple MPS is not available here")
+        elif dev.type != "cpu":
+            raise USVLMError(f"device {device} cannot run USVLM; use auto, cpu, cuda, cuda:N or mps")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -341,8 +355,11 @@ class Segmenter:
                 m = np.asarray(mask, dtype=np.float32)
                 m = m[frame] if m.ndim == 3 else m
                 if m.shape != image.frame_shape:
-                    raise InputError(None, f"mask of shape {m.shape} does not match the image "
-                                           f"{image.frame_shape}")
+                    raise InputError(image.info.path, f"the mask of shape {m.shape} does not match "
+                                                      f"the image's {image.frame_shape}")
+                if not m.any():
+                    raise InputError(image.info.path, "the mask is empty (no pixel of the finding "
+                                                      "to classify)")
                 model_mask = torch.from_numpy(
                     cached.prepared.transform.forward(m, "nearest")).to(self.device)[None]
             probs = self.model.classify_probabilities(feats, model_mask)

@@ -16,7 +16,9 @@ import warnings
 from collections.abc import Sequence
 
 from usvlm import __version__
+from usvlm.cli._common import report_error
 from usvlm.errors import USVLMError
+from usvlm.interrupts import Terminated, defer, interruption
 
 # Sub-command modules; each defines `register(subparsers)` and a `run(args) -> int`.
 COMMANDS = ("info", "segment", "classify", "models", "mask2seg", "phantom", "bench", "refine")
@@ -38,21 +40,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
     print(f"warning: {message}", file=sys.stderr)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that atomic writers and temporary folders clean up."""
-
-
 def _on_signal(signum, frame):  # noqa: ANN001, ANN202
     """SIGINT and SIGTERM raise KeyboardInterrupt (Terminated). An exception raised inside a
     finalizer (`__del__`, run by the garbage collector anywhere) is swallowed by Python, so there the
     signal is delivered again a moment later instead."""
+    if defer(signum):  # a set of outputs is being put in place: raise once it is whole
+        return
     f = frame
     while f is not None:
         if f.f_code.co_name == "__del__":
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
         f = f.f_back
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise interruption(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,13 +77,27 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.verbose:
         warnings.showwarning = _show_warning
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except USVLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(exc)
+        return 2
+    except BrokenPipeError:
+        # `usvlm ... | head`: the reader left. Stop without a traceback, as command-line tools do,
+        # and keep Python from failing again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)
+    except RecursionError as exc:  # deeply nested input that a library parses recursively
+        report_error(USVLMError(f"input nested too deeply to read ({exc})"))
         return 2
     except KeyboardInterrupt as exc:
         print("error: interrupted; no partial output was left behind", file=sys.stderr)
         return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    except Exception as exc:  # noqa: BLE001 - a defect: one line here, the traceback with -v
+        report_error(exc)
+        return 1
 
 
 if __name__ == "__main__":

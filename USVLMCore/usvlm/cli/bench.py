@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from usvlm.cli._common import add_force_arg, count_arg, device_arg
+
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark the engine (random-weight model)",
@@ -15,24 +17,38 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="ViT-B-16", help="open_clip model name (default ViT-B-16)")
     p.add_argument("--adapter", default="mona", choices=("none", "mona", "hybrid", "lora"))
     p.add_argument("--model", help="benchmark this model directory or installed model instead")
-    p.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
-    p.add_argument("--frames", type=int, default=30, help="cine length (default 30)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--size", default=(640, 480), type=_size, help="image size WxH (default 640x480)")
+    p.add_argument("--frames", type=count_arg(1), default=30, help="cine length (default 30)")
+    p.add_argument("--repeats", type=count_arg(1), default=3)
+    p.add_argument("--device", default="auto", type=device_arg)
     p.add_argument("--json", metavar="OUT.json", help="also write the figures as JSON")
+    add_force_arg(p)
     return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    """WxH -> (columns, rows), each side within the readers' frame limits."""
+    from usvlm.io.limits import check_frame_size
+
+    try:
+        columns, rows = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 640x480, got {text[:40]!r}") from None
+    problem = check_frame_size(rows, columns)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return columns, rows
 
 
 def run(args: argparse.Namespace) -> int:
     from usvlm.bench import format_table, run_benchmark
-    from usvlm.errors import InputError
     from usvlm.io.atomic import atomic_output
-
-    try:
-        columns, rows = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise InputError(None, f"--size must be WxH, e.g. 640x480, got {args.size!r}") from None
+    from usvlm.io.output_plan import OutputPlan
     from usvlm.model.registry import resolve_model
+
+    columns, rows = args.size
+    if args.json:
+        OutputPlan(force=args.force).claim(args.json)
 
     model_dir = resolve_model(args.model) if args.model else None
     result = run_benchmark(args.backbone, rows=rows, columns=columns, cine_frames=args.frames,

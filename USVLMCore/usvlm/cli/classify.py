@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from usvlm.cli._common import add_model_args, expand_inputs
-from usvlm.errors import InputError, USVLMError
+from usvlm.cli._common import add_force_arg, add_model_args, count_arg, expand_inputs, for_each
+from usvlm.errors import InputError
+from usvlm.io.output_plan import OutputPlan
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT")
     p.add_argument("--mask", help="binary mask image or .seg.nrrd of the finding (one input only)")
     p.add_argument("--zero-shot", action="store_true", help="use the class prompts, not the trained head")
-    p.add_argument("--frame", type=int, default=0, help="frame of a cine to classify (default 0)")
+    p.add_argument("--frame", type=count_arg(0), default=0, help="frame of a cine to classify (default 0)")
     p.add_argument("--json", metavar="OUT.json", help="write {input: {class: probability}} here")
+    add_force_arg(p)
     add_model_args(p)
     return p
 
@@ -32,9 +33,12 @@ def _read_mask(path: str):  # noqa: ANN202
         segments = read_seg_nrrd(path).segments
         if not segments:
             raise InputError(path, "segmentation holds no segment")
-        return segments[0].mask
-    image = read_image(path).grey()
-    return image.pixels > 0
+        mask = segments[0].mask
+    else:
+        mask = read_image(path).grey().pixels > 0
+    if not mask.any():
+        raise InputError(path, "mask is empty (no pixel of the finding to classify)")
+    return mask
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,20 +48,22 @@ def run(args: argparse.Namespace) -> int:
     from usvlm.model.registry import resolve_model
 
     inputs = expand_inputs(args.inputs)
+    if not inputs:
+        raise InputError(args.inputs[0], "no image files found")
     if args.mask and len(inputs) != 1:
         raise InputError(args.mask, "--mask goes with exactly one input")
+    if args.json:  # checked before any work: never an input, never an existing file without --force
+        OutputPlan([*inputs, *([args.mask] if args.mask else [])], force=args.force).claim(args.json)
     mask = _read_mask(args.mask) if args.mask else None
     segmenter = Segmenter(resolve_model(args.model), device=args.device)
-    results, failed = {}, 0
-    for path in inputs:
-        try:
-            probs = segmenter.classify(read_image(path), mask, zero_shot=args.zero_shot, frame=args.frame)
-        except USVLMError as exc:
-            failed += 1
-            print(f"error: {exc}", file=sys.stderr)
-            continue
+    results = {}
+
+    def classify_one(path: Path) -> None:
+        probs = segmenter.classify(read_image(path), mask, zero_shot=args.zero_shot, frame=args.frame)
         results[str(path)] = probs
         print(f"{path}: " + ", ".join(f"{k} {v:.3f}" for k, v in probs.items()))
+
+    failed = for_each(inputs, classify_one)
     if args.json and results:  # nothing classified: no (empty) output file
         with atomic_output(Path(args.json)) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

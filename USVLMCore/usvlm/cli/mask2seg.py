@@ -8,11 +8,12 @@ segment per value, in increasing order.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
 
+from usvlm.cli._common import add_force_arg
 from usvlm.errors import InputError, OutputError
 from usvlm.io.image import USImage
 from usvlm.io.segmentation import Segment
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write a DICOM SEG (DICOM reference only)")
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM SEG without patient and study attributes (UID references kept)")
+    add_force_arg(p)
     return p
 
 
@@ -55,7 +57,7 @@ def _color_arg(text: str) -> RGB:
         values = [float(v) for v in text.split(",")]
     except ValueError as exc:
         raise argparse.ArgumentTypeError("expected three numbers, e.g. 255,0,0") from exc
-    if len(values) != 3 or min(values) < 0 or max(values) > 255:
+    if len(values) != 3 or not all(math.isfinite(v) and 0 <= v <= 255 for v in values):
         raise argparse.ArgumentTypeError("expected three numbers in 0-255 (or 0-1), e.g. 255,0,0")
     scale = 255.0 if max(values) > 1 else 1.0
     return (values[0] / scale, values[1] / scale, values[2] / scale)
@@ -104,16 +106,19 @@ def _check_output(path: Path, *, suffix: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from usvlm.io.atomic import atomic_output
+    from usvlm.io.atomic import AtomicGroup
     from usvlm.io.dicom_seg import build_dicom_seg, save_dicom_seg
+    from usvlm.io.output_plan import OutputPlan
     from usvlm.io.readers import read_image
     from usvlm.io.seg_nrrd import write_seg_nrrd
 
     output = Path(args.output)
     dicom_output = Path(args.dicom_seg) if args.dicom_seg else None
     _check_output(output, suffix=".seg.nrrd")
-    if dicom_output is not None and dicom_output.resolve() == output.resolve():
-        raise OutputError(dicom_output, "the DICOM SEG and the .seg.nrrd must be different files")
+    plan = OutputPlan([args.mask, args.reference], force=args.force)  # before reading anything
+    plan.claim(output)
+    if dicom_output is not None:
+        plan.claim(dicom_output)
 
     reference = read_image(args.reference)
     if dicom_output is not None and reference.info.dicom_header is None:
@@ -128,19 +133,10 @@ def run(args: argparse.Namespace) -> int:
     # Build the DICOM SEG before writing anything, so its errors leave no output behind.
     dicom_seg = build_dicom_seg(segments, reference, deidentify=args.deidentify) \
         if dicom_output is not None else None
-    written: list[Path] = []
-    try:
-        # The .seg.nrrd lands only when the DICOM SEG was written too.
-        with atomic_output(output) as tmp:
-            write_seg_nrrd(tmp, segments, reference.geometry)
-            if dicom_seg is not None and dicom_output is not None:
-                written.append(save_dicom_seg(dicom_output, dicom_seg))
-        written.insert(0, output)
-    except BaseException:
-        for path in written:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        raise
-    for path in written:
+    with AtomicGroup() as group:  # the .seg.nrrd and the DICOM SEG land together or not at all
+        write_seg_nrrd(group.path(output), segments, reference.geometry)
+        if dicom_seg is not None and dicom_output is not None:
+            save_dicom_seg(group.path(dicom_output), dicom_seg)
+    for path in plan.targets:
         print(f"wrote {path} ({len(segments)} segment{'s' if len(segments) > 1 else ''})")
     return 0

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from usvlm.errors import OutputError
+from usvlm.interrupts import uninterruptible
 
 
 def default_file_mode() -> int:
@@ -47,12 +48,16 @@ def atomic_output(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 class AtomicGroup:
     """Several outputs that appear together or not at all (a .seg.nrrd with its DICOM SEG,
-    overlay and JSON): each file is written to a temporary path; `commit` renames them all.
+    overlay and JSON): each file is written to a temporary path; `commit` puts them all in place.
 
         with AtomicGroup() as group:
             write_seg_nrrd(group.path(out / "a.seg.nrrd"), ...)
             write_dicom_seg(group.path(out / "a.dcm"), ...)
-        # both exist now, or (after an exception) neither
+        # both exist now, or (after an exception) neither, and files they replace are untouched
+
+    The commit moves the files it replaces aside first and restores them when any rename fails, so a
+    failure never leaves a new .seg.nrrd beside an old JSON; Ctrl-C / SIGTERM wait until it is done.
+    An OSError while writing (disk full, permissions) becomes a one-line `OutputError`.
     """
 
     def __init__(self) -> None:
@@ -66,21 +71,19 @@ class AtomicGroup:
             raise OutputError(target, f"output folder {folder} does not exist")
         if not os.access(folder, os.W_OK):
             raise OutputError(target, f"output folder {folder} is not writable")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + _temp_suffix(target),
-                                        dir=folder)
-        os.close(fd)
-        os.unlink(tmp_name)  # writers create it (some refuse to overwrite an existing file)
-        self._pending.append((Path(tmp_name), target))
-        return Path(tmp_name)
+        if target.is_dir():
+            raise OutputError(target, "is a folder; give a file name")
+        tmp = _unused_name(target, ".tmp" + _temp_suffix(target))
+        self._pending.append((tmp, target))
+        return tmp
 
     def commit(self) -> list[Path]:
         for tmp, target in self._pending:
-            if not tmp.exists() or tmp.stat().st_size == 0:
+            if not tmp.is_file() or tmp.stat().st_size == 0:
                 raise OutputError(target, "writer produced no data")
         mode = default_file_mode()
-        for tmp, target in self._pending:
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
+        with uninterruptible():
+            _replace_all(self._pending, mode)
         done = [target for _, target in self._pending]
         self._pending.clear()
         return done
@@ -95,10 +98,57 @@ class AtomicGroup:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        if exc_type is None:
-            try:
-                self.commit()
-            finally:
-                self.abort()
-        else:
+        if exc_type is not None:
+            targets = [target for _, target in self._pending]
             self.abort()
+            if isinstance(exc, OSError) and targets:
+                raise _write_error(targets[0], exc) from exc
+            return
+        try:
+            self.commit()
+        except OSError as error:
+            raise _write_error(self._pending[0][1], error) from error
+        finally:
+            self.abort()
+
+
+def _unused_name(target: Path, suffix: str) -> Path:
+    """A fresh hidden name beside `target` (created and removed again: some writers refuse to
+    overwrite an existing file)."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
+
+
+def _replace_all(pending: list[tuple[Path, Path]], mode: int) -> None:
+    """Move every temporary file onto its target; all or nothing. Existing targets are moved aside
+    first and put back when a later step fails."""
+    aside: list[tuple[Path, Path]] = []  # (backup, target)
+    placed: list[Path] = []
+    try:
+        for tmp, target in pending:
+            os.chmod(tmp, mode)
+            if target.exists() or target.is_symlink():
+                backup = _unused_name(target, ".old")
+                os.replace(target, backup)
+                aside.append((backup, target))
+        for tmp, target in pending:
+            os.replace(tmp, target)
+            placed.append(target)
+    except BaseException:
+        for target in placed:
+            with contextlib.suppress(OSError):
+                target.unlink()
+        for backup, target in aside:
+            with contextlib.suppress(OSError):
+                os.replace(backup, target)
+        raise
+    for backup, _ in aside:
+        with contextlib.suppress(OSError):
+            backup.unlink()
+
+
+def _write_error(target: Path, error: OSError) -> OutputError:
+    reason = error.strerror or type(error).__name__
+    return OutputError(target, f"cannot write the output ({reason}); nothing was written")
