@@ -26,7 +26,8 @@ def make_manifest() -> dict:
     return {
         "name": "tiny-test-model",
         "backbone": {"id": "local-dir:/models/tiny", "weights_sha256": "ab" * 32,
-                     "config": {"width": 8, "layers": 12, "patch_size": 16}},
+                     "config": {"embed_dim": 4, "text_cfg": {}, "vision_cfg": {
+                         "width": 8, "head_width": 8, "layers": 12, "patch_size": 16}}},
         "adapter": {"type": "mona", "blocks": "all", "hidden": 4},
         "heads": {"segmentation": seg, "classification": cls},
         "preprocessing": {"input_size": [64, 64], "mean": [0.5], "std": [0.25], "color": "grey"},
@@ -173,7 +174,8 @@ def test_schema_is_draft_2020_12() -> None:
      r"preprocessing\.color: 'cmyk' is not one of"),
     (lambda m: m.pop("class_names"), r"'class_names' is a required property"),
     (lambda m: m.update(threshold=0.5), r"Additional properties are not allowed \('threshold'"),
-    (lambda m: m.update(temperature=0), r"temperature: 0 is less than or equal to the minimum"),
+    (lambda m: m.update(temperature=0), r"temperature: 0 is less than the minimum of 0\.01"),
+    (lambda m: m.update(temperature=1e-300), r"temperature: 1e-300 is less than the minimum"),
     (lambda m: m["files"]["model.safetensors"].update(sha256="xyz"),
      r"files\.model\.safetensors\.sha256"),
 ])

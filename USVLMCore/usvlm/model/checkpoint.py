@@ -1,8 +1,8 @@
-"""Model checkpoints: a directory with `model.safetensors` and `manifest.json`.
+"""Model checkpoints: a directory with `model.safetensors`, `manifest.json` and `manifest.sha256`.
 
 Weights are only ever read with safetensors, never unpickled. Every file is listed in the
-manifest with its sha256 and size and checked on load, so a damaged or tampered file is refused
-with its name. Saving builds the directory beside the target and renames it into place, so a
+manifest with its sha256 and size, and the manifest's own sha256 is in `manifest.sha256`; all are
+checked on load, so a damaged or tampered file is refused with its name. Saving builds the directory beside the target and renames it into place, so a
 failure never leaves a half-written model.
 """
 
@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ from usvlm.errors import OutputError
 from usvlm.io.atomic import default_file_mode
 from usvlm.model.errors import CheckpointError
 from usvlm.model.manifest import (
+    DIGEST_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
     WEIGHTS_NAME,
+    digest_line,
     manifest_text,
-    read_manifest,
+    parse_manifest,
+    read_bounded_file,
     validate_manifest,
+    verify_manifest_digest,
 )
 
 _PARTS_KEY = "usvlm.parts"  # safetensors metadata: JSON list of part names, to split keys again
@@ -130,7 +135,7 @@ def save_checkpoint(directory: str | os.PathLike[str],
     directory = Path(directory)
     extra = {name: Path(src) for name, src in (extra_files or {}).items()}
     for name in extra:
-        if name in (WEIGHTS_NAME, MANIFEST_NAME) or Path(name).name != name or name.startswith("."):
+        if name in (WEIGHTS_NAME, MANIFEST_NAME, DIGEST_NAME) or Path(name).name != name or name.startswith("."):
             raise ValueError(f"invalid extra file name {name!r}")
         if not extra[name].is_file():
             raise CheckpointError(extra[name], f"missing (to be stored in the model as {name})")
@@ -152,12 +157,12 @@ def save_checkpoint(directory: str | os.PathLike[str],
             shutil.copyfile(src, tmp / name)
         files = {name: _file_entry(tmp / name) for name in [WEIGHTS_NAME, *extra]}
         # No atomic_output needed inside the temporary directory: renaming it is the atomic step.
-        (tmp / MANIFEST_NAME).write_text(
-            manifest_text(_prepare_manifest(manifest, files), directory / MANIFEST_NAME),
-            encoding="utf-8")
+        text = manifest_text(_prepare_manifest(manifest, files), directory / MANIFEST_NAME)
+        (tmp / MANIFEST_NAME).write_bytes(text.encode("utf-8"))
+        (tmp / DIGEST_NAME).write_text(digest_line(text.encode("utf-8")), encoding="utf-8")
         # safetensors writes 0600 files; a model shared by several users must stay readable.
         mode = default_file_mode()
-        for name in [WEIGHTS_NAME, MANIFEST_NAME, *extra]:
+        for name in [WEIGHTS_NAME, MANIFEST_NAME, DIGEST_NAME, *extra]:
             os.chmod(tmp / name, mode)
         _move_into_place(tmp, directory)
     finally:
@@ -207,26 +212,36 @@ def _not_safetensors(path: Path, error: Exception) -> CheckpointError:
     return CheckpointError(path, f"not a valid safetensors file ({error})")
 
 
-def _read_parts(path: Path) -> Parts:
+def _read_header(path: Path) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """Part names and flat key -> shape from the safetensors header, without reading any tensor."""
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             names = json.loads((f.metadata() or {}).get(_PARTS_KEY, "null"))
-            flat = {key: f.get_tensor(key) for key in f.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError) as e:
+            shapes = {key: tuple(int(n) for n in f.get_slice(key).get_shape()) for key in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError, RecursionError) as e:
         raise _not_safetensors(path, e) from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise CheckpointError(path, f"has no '{_PARTS_KEY}' metadata (not written by USVLM)")
+    for key in shapes:
+        if not any(key.startswith(n + ".") for n in names):
+            raise CheckpointError(path, f"key {key!r} belongs to none of the parts {names}")
+    return names, shapes
+
+
+def _read_parts(path: Path, names: list[str]) -> Parts:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            flat = {key: f.get_tensor(key) for key in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise _not_safetensors(path, e) from None
     parts: Parts = {name: {} for name in names}
     for key, tensor in flat.items():
-        part = next((n for n in names if key.startswith(n + ".")), None)
-        if part is None:
-            raise CheckpointError(path, f"key {key!r} belongs to none of the parts {names}")
+        part = next(n for n in names if key.startswith(n + "."))
         parts[part][key[len(part) + 1:]] = tensor
     return parts
 
 
-def _check_shapes(path: Path, parts: Parts, expected: Mapping[str, tuple]) -> None:
-    found = {f"{p}.{k}": tuple(t.shape) for p, state in parts.items() for k, t in state.items()}
+def check_shapes(path: Path, found: Mapping[str, tuple], expected: Mapping[str, tuple]) -> None:
     problems = [f"{key} is missing" if key not in found else
                 f"{key} has shape {found[key]}, expected {tuple(shape)}"
                 for key, shape in expected.items() if found.get(key) != tuple(shape)]
@@ -236,26 +251,56 @@ def _check_shapes(path: Path, parts: Parts, expected: Mapping[str, tuple]) -> No
                                     + "; ".join(problems[:_MAX_LISTED]) + more)
 
 
+@dataclass
+class Checkpoint:
+    """A model directory whose files all checked out; its tensors are not read yet."""
+
+    manifest: dict[str, Any]
+    manifest_path: Path
+    weights: Path
+    part_names: list[str]
+    shapes: dict[str, tuple[int, ...]]  # flat key -> shape, from the safetensors header
+
+    def parts(self, expected_shapes: Mapping[str, tuple] | None = None) -> Parts:
+        """{part: state dict} on the CPU, after checking `expected_shapes` against the header."""
+        if expected_shapes is not None:
+            check_shapes(self.weights, self.shapes, expected_shapes)
+        return _read_parts(self.weights, self.part_names)
+
+
+def open_checkpoint(directory_or_manifest_path: str | os.PathLike[str]) -> Checkpoint:
+    """Check a model directory without reading its tensors.
+
+    Checks, in order: the manifest is a regular file of bounded size, valid JSON of a known
+    format version satisfying the schema; presence, size and sha256 of every listed file; that
+    the weights are safetensors written by USVLM; and that `manifest.sha256` vouches for the
+    manifest, before anything in it is used to build a model. Each failure raises
+    `CheckpointError` naming the file.
+    """
+    path = Path(directory_or_manifest_path)
+    if not os.path.lexists(path):
+        raise CheckpointError(path, "no such model directory or manifest")
+    is_dir = path.is_dir()
+    root = path if is_dir else path.parent
+    manifest_path = root / MANIFEST_NAME if is_dir else path
+    if is_dir and not os.path.lexists(manifest_path):
+        raise CheckpointError(path, f"not a USVLM model directory ({MANIFEST_NAME} is missing)")
+    data = read_bounded_file(manifest_path, "model manifest")
+    manifest = parse_manifest(data, manifest_path)
+    _verify_files(root, manifest)
+    weights = root / WEIGHTS_NAME
+    names, shapes = _read_header(weights)
+    verify_manifest_digest(manifest_path, data)
+    return Checkpoint(manifest, manifest_path, weights, names, shapes)
+
+
 def load_checkpoint(directory_or_manifest_path: str | os.PathLike[str],
                     expected_shapes: Mapping[str, tuple] | None = None,
                     ) -> tuple[dict[str, Any], Parts]:
     """Read and check a model directory -> (manifest, {part: state dict}) on the CPU.
 
-    Checks, in order: format version, schema, presence, size and sha256 of every listed file,
-    that the weights are safetensors, and (when given) the flat key -> shape `expected_shapes`
-    (see `shapes_of()`); each failure raises `CheckpointError` naming the file.
+    See `open_checkpoint` for the checks; `expected_shapes` (flat key -> shape, see
+    `shapes_of()`) is compared with the weights' header before any tensor is read.
     """
-    path = Path(directory_or_manifest_path)
-    if not path.exists():
-        raise CheckpointError(path, "no such model directory or manifest")
-    root = path if path.is_dir() else path.parent
-    manifest_path = root / MANIFEST_NAME if path.is_dir() else path
-    if path.is_dir() and not manifest_path.is_file():
-        raise CheckpointError(path, f"not a USVLM model directory ({MANIFEST_NAME} is missing)")
-    manifest = read_manifest(manifest_path)
-    _verify_files(root, manifest)
-    weights = root / WEIGHTS_NAME
-    parts = _read_parts(weights)
-    if expected_shapes is not None:
-        _check_shapes(weights, parts, expected_shapes)
-    return manifest, parts
+    checkpoint = open_checkpoint(directory_or_manifest_path)
+    return checkpoint.manifest, checkpoint.parts(expected_shapes)

@@ -3,28 +3,39 @@
 A model directory holds `model.safetensors` and this manifest, which says how to rebuild the
 model (backbone, adapter and head configs, preprocessing, prompts), how to use it (class names,
 thresholds, temperature), where it came from (provenance, metrics) and the sha256 of every file.
+
+The manifest itself is covered by `manifest.sha256` (one `sha256sum` line), written whenever USVLM
+writes a manifest: a manifest edited by hand or by a stranger is refused before anything in it is
+used, and `sha256sum -c manifest.sha256` checks it outside USVLM. The manifest is read as a regular
+file of bounded size (never a FIFO or device), and NaN / Infinity are not JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from usvlm.io.atomic import atomic_output
+from usvlm.io.atomic import AtomicGroup
 from usvlm.model.errors import CheckpointError
+from usvlm.model.safe_config import MODEL_CFG
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+DIGEST_NAME = "manifest.sha256"
 WEIGHTS_NAME = "model.safetensors"
+# A manifest is a few KB (an inline prompt bank a few hundred); anything far larger is not one.
+MAX_MANIFEST_BYTES = 4 << 20
 
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _OBJECT = {"type": "object"}
 _NONEMPTY_STRING = {"type": "string", "minLength": 1}
-_SIZE = {"type": "integer", "minimum": 1}
+_SIZE = {"type": "integer", "minimum": 1, "maximum": 4096}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -45,7 +56,8 @@ SCHEMA: dict[str, Any] = {
                 # "ViT-B-16", "hf-hub:org/name", "local-dir:/path", ...
                 "id": _NONEMPTY_STRING,
                 "weights_sha256": {"anyOf": [_SHA256, {"type": "null"}]},
-                "config": _OBJECT,
+                # The allow-list of what may reach open_clip (see safe_config).
+                "config": MODEL_CFG,
                 # True when model.safetensors holds the backbone weights too.
                 "bundled": {"type": "boolean"},
             },
@@ -88,7 +100,8 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
         },
-        "temperature": {"type": "number", "exclusiveMinimum": 0},
+        # Divides logits: a tiny one overflows the softmax to NaN; fitted values lie near 1.
+        "temperature": {"type": "number", "minimum": 0.01, "maximum": 100},
         "provenance": {
             "type": "object",
             "properties": {
@@ -105,7 +118,8 @@ SCHEMA: dict[str, Any] = {
         "files": {
             "type": "object",
             "required": [WEIGHTS_NAME],
-            "propertyNames": {"pattern": r"^[^/\\]+$", "not": {"const": MANIFEST_NAME}},
+            "propertyNames": {"pattern": r"^[^/\\]+$",
+                              "not": {"enum": [MANIFEST_NAME, DIGEST_NAME, ".", ".."]}},
             "additionalProperties": {
                 "type": "object",
                 "required": ["sha256", "bytes"],
@@ -144,25 +158,94 @@ def validate_manifest(manifest: Any, source: str | os.PathLike[str] = MANIFEST_N
         raise CheckpointError(source, "; ".join(_describe(e) for e in errors[:3]) + more)
 
 
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a manifest file."""
-    from usvlm.io.jsonfile import read_json
+def read_bounded_file(path: str | os.PathLike[str], what: str, limit: int = MAX_MANIFEST_BYTES,
+                      error: type[CheckpointError] = CheckpointError) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes.
 
+    Opened without blocking and checked on the open descriptor, so a FIFO, a device (a symlink
+    to /dev/zero) or a folder is refused at once instead of hanging or filling memory.
+    """
     path = Path(path)
-    manifest = read_json(path, "model manifest", CheckpointError)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(path, f"{what} file does not exist") from None
+    except OSError as exc:
+        raise error(path, f"cannot read the {what}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(path, f"not a regular file (a FIFO, device or folder), so not a {what}")
+        if info.st_size > limit:
+            raise error(path, f"{info.st_size} bytes: too large for a {what} (at most {limit})")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(path, f"too large for a {what} (at most {limit} bytes)")
+    return data
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_manifest(data: bytes, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and validate manifest bytes (NaN and Infinity are refused: they are not JSON)."""
+    try:
+        manifest = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise CheckpointError(path, "cannot read the model manifest: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}): "
+                                    f"{exc.msg}") from None
+    except ValueError as exc:  # from _no_constants
+        raise CheckpointError(path, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(path, "not a usable model manifest: JSON nested too deeply") from None
     validate_manifest(manifest, path)
     return manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a manifest file (its checksum is checked by `verify_manifest_digest`)."""
+    return parse_manifest(read_bounded_file(path, "model manifest"), path)
+
+
+def digest_line(data: bytes) -> str:
+    """The `manifest.sha256` text for manifest bytes (the format `sha256sum -c` reads)."""
+    return f"{hashlib.sha256(data).hexdigest()}  {MANIFEST_NAME}\n"
+
+
+def verify_manifest_digest(manifest_path: str | os.PathLike[str], data: bytes) -> None:
+    """Refuse manifest bytes that `manifest.sha256` beside them does not vouch for."""
+    manifest_path = Path(manifest_path)
+    digest_path = manifest_path.parent / DIGEST_NAME
+    try:
+        recorded = read_bounded_file(digest_path, "manifest checksum", limit=4096)
+    except CheckpointError:
+        if not os.path.lexists(digest_path):
+            raise CheckpointError(digest_path, f"missing: the checksum of {MANIFEST_NAME}; this "
+                                               "folder was not saved by this USVLM or was altered, "
+                                               "so it is not loaded") from None
+        raise
+    fields = recorded.split(maxsplit=1)
+    if not fields or fields[0].decode("ascii", "replace") != hashlib.sha256(data).hexdigest():
+        raise CheckpointError(manifest_path, f"does not match {DIGEST_NAME}: the manifest was "
+                                             "changed after the model was saved; refusing to load "
+                                             "it (re-save the model with USVLM if the change is "
+                                             "yours)")
 
 
 def manifest_text(manifest: dict[str, Any], source: str | os.PathLike[str] = MANIFEST_NAME) -> str:
     """Validate, then format as the JSON text of a manifest file."""
     validate_manifest(manifest, source)
-    return json.dumps(manifest, indent=2) + "\n"
+    return json.dumps(manifest, indent=2, allow_nan=False) + "\n"
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Validate, then replace a manifest file atomically (to update thresholds or metrics in place;
-    the files' sha256 entries stay as they are)."""
-    text = manifest_text(manifest, path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Validate, then replace a manifest file and its checksum atomically (to update thresholds or
+    metrics in place; the files' sha256 entries stay as they are). This is how a change to a
+    manifest is signed off: an edit made any other way is refused on load."""
+    text = manifest_text(manifest, path).encode("utf-8")
+    with AtomicGroup() as group:  # both or neither: a manifest without its checksum is refused
+        group.path(path).write_bytes(text)
+        group.path(Path(path).parent / DIGEST_NAME).write_text(digest_line(text), encoding="utf-8")

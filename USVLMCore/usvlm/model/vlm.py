@@ -11,6 +11,7 @@ so a checkpoint fits only the architecture its manifest describes (shapes are ch
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -27,7 +28,8 @@ from usvlm import __version__
 from usvlm.model.adapters import AdapterConfig, has_adapters, inject_adapters, trainable_parameters
 from usvlm.model.backbones import Backbone, build_backbone
 from usvlm.model.backbones.core import is_adapter_parameter
-from usvlm.model.checkpoint import file_sha256, load_checkpoint, save_checkpoint, shapes_of
+from usvlm.model.checkpoint import (Checkpoint, check_shapes, file_sha256, open_checkpoint,
+                                   save_checkpoint, shapes_of)
 from usvlm.model.errors import CheckpointError
 from usvlm.model.heads import (ClassificationHead, ClsHeadConfig, SegHeadConfig,
                                TextConditionedSegHead, ZeroShotClassifier)
@@ -151,23 +153,9 @@ class USVLMModel(nn.Module):
         return self.zero_shot(features.embedding, embeddings)
 
     # -- checkpoint ----------------------------------------------------------------------------
-    def _backbone_state(self) -> dict[str, Tensor]:
-        state = self.backbone.model.state_dict()
-        hf_text = bool(self.backbone.model_cfg.get("text_cfg", {}).get("hf_model_name"))
-        return {k: v for k, v in state.items() if not is_adapter_parameter(k)
-                and not (hf_text and k.startswith(_HF_TEXT_PREFIX))}
-
     def state_parts(self) -> dict[str, dict[str, Tensor]]:
-        parts: dict[str, dict[str, Tensor]] = {
-            "adapters": {k: v for k, v in self.backbone.model.state_dict().items()
-                         if is_adapter_parameter(k)},
-            "heads.segmentation": self.seg_head.state_dict(),
-        }
-        if self.cls_head is not None:
-            parts["heads.classification"] = self.cls_head.state_dict()
-        if self.backbone_spec.get("bundled"):
-            parts["backbone"] = self._backbone_state()
-        return parts
+        return _state_parts(self.backbone, self.seg_head, self.cls_head,
+                            bool(self.backbone_spec.get("bundled")))
 
     def manifest(self, *, description: str = "", provenance: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, Any] | None = None,
@@ -203,6 +191,27 @@ class USVLMModel(nn.Module):
 
     def parameter_report(self) -> dict[str, int]:
         return trainable_parameters(self)
+
+
+def _backbone_state(backbone: Backbone) -> dict[str, Tensor]:
+    state = backbone.model.state_dict()
+    hf_text = bool(backbone.model_cfg.get("text_cfg", {}).get("hf_model_name"))
+    return {k: v for k, v in state.items() if not is_adapter_parameter(k)
+            and not (hf_text and k.startswith(_HF_TEXT_PREFIX))}
+
+
+def _state_parts(backbone: Backbone, seg_head: nn.Module, cls_head: nn.Module | None,
+                 bundled: bool) -> dict[str, dict[str, Tensor]]:
+    """What model.safetensors holds: adapters, heads and (when bundled) the backbone."""
+    parts: dict[str, dict[str, Tensor]] = {
+        "adapters": {k: v for k, v in backbone.model.state_dict().items() if is_adapter_parameter(k)},
+        "heads.segmentation": seg_head.state_dict(),
+    }
+    if cls_head is not None:
+        parts["heads.classification"] = cls_head.state_dict()
+    if bundled:
+        parts["backbone"] = _backbone_state(backbone)
+    return parts
 
 
 def software_versions() -> dict[str, str]:
@@ -282,22 +291,35 @@ def build_model(backbone: str | Mapping[str, Any] | Backbone, *, pretrained: str
                       **model_kwargs)
 
 
-def _rebuild(manifest: Mapping[str, Any]) -> USVLMModel:
+def _build_parts(manifest: Mapping[str, Any], allow_download: bool, structure_only: bool = False,
+                 ) -> tuple[Backbone, TextConditionedSegHead, ClassificationHead | None]:
+    """Backbone (with adapters) and heads as the manifest describes them; on the meta device
+    (nothing allocated, no weights read) with `structure_only`."""
     spec = dict(manifest["backbone"])
     levels = spec.get("level_indices")
     if spec.get("bundled"):
-        bb = build_backbone(spec["config"], level_indices=levels)
+        bb = build_backbone(spec["config"], level_indices=levels, allow_download=allow_download,
+                            structure_only=structure_only)
     else:
-        bb = build_backbone(spec["id"], spec.get("pretrained"), level_indices=levels)
+        bb = build_backbone(spec["id"], spec.get("pretrained"), level_indices=levels,
+                            allow_download=allow_download, structure_only=structure_only)
+        if bb.weights_path is None:  # random weights each load: a stranger's size, nothing saved
+            raise ValueError(f"backbone {spec['id']!r} is neither bundled nor given weights")
         _verify_sha256(bb.weights_path, spec.get("weights_sha256"), f"backbone weights of {spec['id']}")
     _verify_sha256(bb.text_weights_path, spec.get("text_weights_sha256"), "text encoder weights")
     adapter = dict(manifest["adapter"])
     adapter.pop("type", None)
-    inject_adapters(bb, AdapterConfig.from_dict(adapter))
     heads = manifest["heads"]
-    seg = TextConditionedSegHead.from_config(SegHeadConfig.from_dict(heads["segmentation"]))
-    cls = ClassificationHead.from_config(ClsHeadConfig.from_dict(heads["classification"])) \
-        if "classification" in heads else None
+    with torch.device("meta") if structure_only else contextlib.nullcontext():
+        inject_adapters(bb, AdapterConfig.from_dict(adapter))
+        seg = TextConditionedSegHead.from_config(SegHeadConfig.from_dict(heads["segmentation"]))
+        cls = ClassificationHead.from_config(ClsHeadConfig.from_dict(heads["classification"])) \
+            if "classification" in heads else None
+    return bb, seg, cls
+
+
+def _rebuild(manifest: Mapping[str, Any], allow_download: bool = False) -> USVLMModel:
+    bb, seg, cls = _build_parts(manifest, allow_download)
     prompts = manifest.get("prompts", {})
     return USVLMModel(bb, seg, cls, name=manifest["name"], backbone_spec=manifest["backbone"],
                       class_names=manifest.get("class_names", DEFAULT_CLASS_NAMES),
@@ -308,24 +330,58 @@ def _rebuild(manifest: Mapping[str, Any]) -> USVLMModel:
                       default_prompts=prompts.get("default", ()))
 
 
-def load_model(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> USVLMModel:
-    """Load a model directory: manifest and files checked, architecture rebuilt, weights loaded."""
-    from usvlm.model.manifest import MANIFEST_NAME, read_manifest
+# A parameter read from a weights file takes at least 2 bytes there (fp16 / bf16).
+_MIN_BYTES_PER_PARAMETER = 2
+_SIZE_SLACK_BYTES = 1 << 20
 
-    path = Path(directory)
-    manifest_path = path / MANIFEST_NAME if path.is_dir() else path
-    if not manifest_path.is_file():
-        raise CheckpointError(path, f"not a USVLM model directory ({MANIFEST_NAME} is missing)")
-    manifest = read_manifest(manifest_path)
+
+def _check_sizes(checkpoint: Checkpoint, allow_download: bool) -> None:
+    """Every size in the manifest, bounded by the weights before anything is allocated.
+
+    The model is first built on the meta device. The parts stored in model.safetensors must then
+    have exactly the header's shapes; the parts loaded from elsewhere (a backbone that is not
+    bundled, a Hugging Face text encoder) must not hold more parameters than their weights files
+    can. So an absurd width or depth is refused at the cost of the file's real size.
+    """
+    bb, seg, cls = _build_parts(checkpoint.manifest, allow_download, structure_only=True)
+    bundled = bool(checkpoint.manifest["backbone"].get("bundled"))
+    stored = _state_parts(bb, seg, cls, bundled)
+    check_shapes(checkpoint.weights, checkpoint.shapes, shapes_of(stored))
+    in_file = {k for k in shapes_of({"backbone": stored.get("backbone", {}),
+                                     "adapters": stored["adapters"]})}
+    outside = sum(t.numel() for k, t in bb.model.state_dict().items()
+                  if f"backbone.{k}" not in in_file and f"adapters.{k}" not in in_file)
+    files = {p for p in (None if bundled else bb.weights_path, bb.text_weights_path) if p is not None}
+    available = sum(p.stat().st_size for p in files)
+    if outside * _MIN_BYTES_PER_PARAMETER > available + _SIZE_SLACK_BYTES:
+        raise CheckpointError(checkpoint.manifest_path,
+                              f"describes a backbone of {outside} parameters outside "
+                              f"{checkpoint.weights.name}, more than its weights files "
+                              f"({available} bytes) hold; refusing to build it")
+
+
+def load_model(directory: str | os.PathLike[str], device: str | torch.device = "cpu", *,
+               allow_download: bool = False) -> USVLMModel:
+    """Load a model directory: files and manifest checked, sizes bounded by the weights,
+    architecture rebuilt, weights loaded.
+
+    `allow_download`: let a hub id named by the manifest be fetched when it is not on this
+    machine. Off unless asked for: a model folder names what it needs, it does not fetch it.
+    """
+    checkpoint = open_checkpoint(directory)
+    manifest, manifest_path = checkpoint.manifest, checkpoint.manifest_path
     try:
-        model = _rebuild(manifest)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(manifest_path, f"describes a model this USVLM cannot build: {exc}") from exc
+        _check_sizes(checkpoint, allow_download)
+        model = _rebuild(manifest, allow_download)
+    except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        what = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(manifest_path, f"describes a model this USVLM cannot build: {what}") from None
     expected = shapes_of(model.state_parts())
     if not manifest["backbone"].get("bundled"):
         expected = {k: v for k, v in expected.items() if not k.startswith("backbone.")}
-    manifest, parts = load_checkpoint(manifest_path, expected_shapes=expected)
-    _load_parts(model, parts, manifest_path)
+    _load_parts(model, checkpoint.parts(expected), manifest_path)
     model.eval()
     return model.to(device)
 

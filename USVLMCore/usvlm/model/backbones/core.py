@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +39,11 @@ from usvlm.errors import OutputError
 from usvlm.model.backbones import resolve as rs
 from usvlm.model.backbones.text import TextTower
 from usvlm.model.errors import CheckpointError, ModelNotFoundError, UnsupportedModelError
+from usvlm.model.manifest import read_bounded_file
+from usvlm.model.safe_config import check_model_cfg
+
+# What a config's tokenizer_kwargs may pass on (HFTokenizer's own options, see safe_config).
+SAFE_TOKENIZER_KWARGS = ("clean", "strip_sep_token")
 
 log = logging.getLogger(__name__)
 
@@ -242,15 +248,18 @@ def _read_local_dir(folder: Path, label: str) -> dict[str, Any]:
     config_path = folder / rs.OPEN_CLIP_CONFIG
     if not folder.is_dir():
         raise CheckpointError(folder, f"no such folder (given as {label})")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(config_path):
         raise CheckpointError(config_path, "missing: a local-dir: folder needs open_clip_config.json "
-                                           "and open_clip_model.safetensors") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(config_path, f"cannot be read: {e}") from None
+                                           "and open_clip_model.safetensors")
+    data = read_bounded_file(config_path, "open_clip config")
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(config_path, f"cannot be read: {str(e)[:200]}") from None
     if not isinstance(config, dict) or "model_cfg" not in config:
         raise CheckpointError(config_path, "has no 'model_cfg'")
+    # A folder is data: only the allow-listed, bounded keys may reach open_clip.
+    check_model_cfg(config["model_cfg"], config_path, "model_cfg")
     return config["model_cfg"]
 
 
@@ -368,6 +377,12 @@ def _hf_text_overrides(source: _Source, cache_dir: str | os.PathLike[str] | None
     text_cfg["hf_model_name"] = rs.resolve_hf_model(
         text_cfg["hf_model_name"], need=need, what="text encoder", local_dir=files_dir,
         cache_dir=cache_dir, allow_download=allow_download)
+    folder = Path(text_cfg["hf_model_name"])
+    if folder.is_dir():
+        refuse_code(folder)
+        if need_weights and not (folder / rs.HF_WEIGHTS[0]).is_file():
+            raise CheckpointError(folder / rs.HF_WEIGHTS[1], "is a pickle (torch.save) file; USVLM "
+                                  f"loads Hugging Face weights only from {rs.HF_WEIGHTS[0]}")
     text_cfg["hf_model_pretrained"] = need_weights
     return {"text_cfg": text_cfg}
 
@@ -381,16 +396,54 @@ def _make_tokenizer(source: _Source, cache_dir: str | os.PathLike[str] | None,
     where = rs.resolve_hf_model(hf_name, need=rs.has_any(rs.TOKENIZER_FILES), what="tokenizer",
                                 local_dir=source.files_dir, cache_dir=cache_dir,
                                 allow_download=allow_download)
+    if Path(where).is_dir():
+        refuse_code(Path(where))
+    kwargs = {k: v for k, v in (text_cfg.get("tokenizer_kwargs") or {}).items()
+              if k in SAFE_TOKENIZER_KWARGS}
+    # trust_remote_code is forced off: a tokenizer folder's Python is never imported.
     return HFTokenizer(where, context_length=text_cfg.get("context_length", 77),
-                       tokenizer_mode=text_cfg.get("tokenizer_mode"),
-                       **(text_cfg.get("tokenizer_kwargs") or {}))
+                       tokenizer_mode=text_cfg.get("tokenizer_mode"), trust_remote_code=False,
+                       **kwargs)
+
+
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def refuse_code(folder: Path) -> None:
+    """Refuse a Hugging Face folder that asks for its own Python (an `auto_map` entry): USVLM never
+    imports code from a model folder, and transformers would ask to run it."""
+    for name in CODE_CONFIGS:
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            config = json.loads(read_bounded_file(path, "Hugging Face config").decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise CheckpointError(path, "not a valid JSON config") from None
+        if isinstance(config, dict) and ("auto_map" in config or "custom_pipelines" in config):
+            raise CheckpointError(path, "names Python code to import (auto_map); USVLM never runs "
+                                        "code from a model folder")
+
+
+@contextmanager
+def _weights_errors(what: Path | str) -> Iterator[None]:
+    """A weights file that cannot be loaded (a pickle refused by torch's weights_only loader, a
+    truncated archive, tensors of the wrong shape) is a one-line error naming it, not a traceback."""
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, KeyError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(what, f"cannot load these weights ({type(e).__name__}: {first})") from None
 
 
 def build_backbone(model: str | Mapping[str, Any], pretrained: str | os.PathLike[str] | None = None,
                    *, load_weights: bool = True, model_dir: str | os.PathLike[str] | None = None,
                    cache_dir: str | os.PathLike[str] | None = None,
                    allow_download: bool | None = None, level_indices: Sequence[int] | None = None,
-                   device: str | torch.device = "cpu", precision: str = "fp32") -> Backbone:
+                   device: str | torch.device = "cpu", precision: str = "fp32",
+                   structure_only: bool = False) -> Backbone:
     """Build a Backbone from an open_clip name, `hf-hub:ORG/NAME`, `local-dir:PATH` or a config dict.
 
     `pretrained` (built-in names only): an open_clip tag ("openai", "metaclip_400m") or a weights
@@ -398,29 +451,46 @@ def build_backbone(model: str | Mapping[str, Any], pretrained: str | os.PathLike
     (`load_weights=False` skips them). Files are looked for offline first (see `resolve`);
     missing ones raise `ModelNotFoundError`. A config dict builds with random weights, except a
     Hugging Face text tower, which loads its pretrained encoder.
+
+    `structure_only`: resolve every file as for a real build but build on the meta device, load
+    nothing and allocate nothing, so the sizes a config asks for can be checked against the
+    weights first; `weights_path` / `text_weights_path` name the files a real build would load.
     """
     with tempfile.TemporaryDirectory(prefix="usvlm-cfg-") as scratch:
         source = _resolve_source(model, pretrained, load_weights, model_dir, cache_dir,
                                  allow_download, Path(scratch))
         overrides = _hf_text_overrides(source, cache_dir, allow_download)
         tokenizer = _make_tokenizer(source, cache_dir, allow_download)
-        with _quiet_transformers(), _quiet_random_init(isinstance(model, Mapping)):
+        text_weights = _hf_text_weights(overrides)
+        load = source.checkpoint is not None and not structure_only
+        if structure_only and overrides:
+            overrides["text_cfg"]["hf_model_pretrained"] = False  # its config only, no weights
+        with _quiet_transformers(), _quiet_random_init(isinstance(model, Mapping) or structure_only), \
+                _weights_errors(source.checkpoint or text_weights or source.open_clip_name), \
+                torch.device("meta") if structure_only else _no_context():
             clip = open_clip.create_model(
-                source.open_clip_name, pretrained=source.pretrained,
-                load_weights=source.checkpoint is not None, device=device, precision=precision,
+                source.open_clip_name, pretrained=None if structure_only else source.pretrained,
+                load_weights=load, device="meta" if structure_only else device, precision=precision,
                 cache_dir=str(cache_dir) if cache_dir else None, **source.create_kwargs, **overrides)
     text = getattr(clip, "text", None)
-    if source.checkpoint is None and isinstance(text, HFTextEncoder) and isinstance(text.proj, nn.Linear):
+    if source.checkpoint is None and not structure_only and isinstance(text, HFTextEncoder) \
+            and isinstance(text.proj, nn.Linear):
         # A (semi-)orthogonal projection keeps the pretrained encoder's sentence geometry until trained.
         nn.init.orthogonal_(text.proj.weight)
     name = model if isinstance(model, str) else "config"
-    log.info("backbone %s: weights from %s", name, source.checkpoint or "random initialisation")
+    if not structure_only:
+        log.info("backbone %s: weights from %s", name, source.checkpoint or "random initialisation")
     backbone = Backbone(clip, tokenizer, name=name, model_cfg=source.model_cfg,
                         level_indices=level_indices)
     # Checkpoints record (and verify) the sha256 of externally resolved weights.
     backbone.weights_path = source.checkpoint
-    backbone.text_weights_path = _hf_text_weights(overrides)
+    backbone.text_weights_path = text_weights
     return backbone
+
+
+@contextmanager
+def _no_context() -> Iterator[None]:
+    yield
 
 
 def _hf_text_weights(overrides: Mapping[str, Any]) -> Path | None:

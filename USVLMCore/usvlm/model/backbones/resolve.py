@@ -202,7 +202,9 @@ def resolve_hf_model(name_or_path: str, *, need: Predicate, what: str,
     if local_dir is not None and need(local_dir):
         return str(local_dir)
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    # Only an explicit path is a folder: a hub id ("org/name") is never looked up relative to the
+    # working directory, where a stranger's folder of the same name could be waiting.
+    if is_explicit_path(name_or_path) and path.is_dir():
         if need(path):
             return str(path)
         raise ModelNotFoundError(name_or_path, [f"folder {path} (incomplete)"],
@@ -214,6 +216,11 @@ def resolve_hf_model(name_or_path: str, *, need: Predicate, what: str,
         searched.append(f"hub download (off: {_offline_reason()})")
         raise ModelNotFoundError(name_or_path, searched, _hint(name_or_path), what=what)
     return name_or_path  # transformers downloads it into the HF cache
+
+
+def is_explicit_path(name: str) -> bool:
+    """An absolute path, or one starting with ~, ./ or ../ (never a hub id)."""
+    return os.path.isabs(os.path.expanduser(name)) or name.startswith(("./", "../", ".\\", "..\\"))
 
 
 def resolve_pretrained_tag(model_name: str, tag: str, *,
