@@ -15,6 +15,7 @@ import numpy as np
 
 from usvlm.cli._common import add_force_arg
 from usvlm.errors import InputError, OutputError
+from usvlm.oneline import one_line_problem
 from usvlm.io.image import USImage
 from usvlm.io.segmentation import Segment
 from usvlm.text.terminology import ORGAN_TARGETS, RGB, Terminology, organ_target
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _name_arg(text: str) -> str:
-    if not text.strip() or not text.isprintable():
+    if not text.strip() or one_line_problem(text):
         raise argparse.ArgumentTypeError("expected a non-empty one-line name")
     return text.strip()
 

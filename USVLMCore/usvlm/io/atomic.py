@@ -90,7 +90,7 @@ class AtomicGroup:
 
     def abort(self) -> None:
         for tmp, _ in self._pending:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # best effort: the first error is the one to report
                 tmp.unlink()
         self._pending.clear()
 

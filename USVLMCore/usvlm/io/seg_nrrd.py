@@ -15,6 +15,7 @@ import numpy as np
 import slicerio
 
 from usvlm.errors import InputError
+from usvlm.io import nrrd_names
 from usvlm.io.atomic import atomic_output
 from usvlm.io.geometry import LPS_TO_RAS, Geometry
 from usvlm.io.segmentation import DEFAULT_COLOR, Segment, SegmentationResult, mask_shape
@@ -28,16 +29,22 @@ def write_seg_nrrd(path: str | os.PathLike[str], segments: Sequence[Segment], ge
     frames = shape[0] if len(shape) == 3 else 1
     segmentation = slicerio.create_segmentation((shape[-1], shape[-2], frames), geometry.ijk_to_lps())
     segmentation["containedRepresentationNames"] = ["Binary labelmap"]  # as Slicer writes it
+    utf8_names: dict[str, str] = {}  # placeholder -> name (pynrrd writes ASCII only)
     for index, segment in enumerate(segments, start=1):
+        name = segment.name
+        if nrrd_names.needs_placeholder(name):
+            name = nrrd_names.placeholder(index)
+            utf8_names[name] = segment.name
         # add_segment puts overlapping segments in extra layers, as Slicer does.
         slicerio.add_segment(segmentation, segment.frames.transpose(2, 1, 0), {
             "id": f"Segment_{index}",
-            "name": segment.name,
+            "name": name,
             "color": list(segment.color),
             "terminology": segment.terminology.to_slicer_dict(),
         })
     with atomic_output(path) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=compression_level)
+        nrrd_names.put_names(tmp, utf8_names)
     return Path(path)
 
 
@@ -69,12 +76,13 @@ def read_seg_nrrd(path: str | os.PathLike[str]) -> SegmentationResult:
         raise InputError(path, f"invalid geometry in the segmentation header ({_reason(exc)})") from exc
 
     segments = []
-    for info in segmentation["segments"]:
+    utf8_names = nrrd_names.read_names(path)  # pynrrd drops non-ASCII bytes of names
+    for index, info in enumerate(segmentation["segments"]):
         try:
             frames = slicerio.segment_mask(segmentation, info).transpose(2, 1, 0)
             terminology = info.get("terminology")
             segments.append(Segment(
-                name=info.get("name", info["id"]),
+                name=utf8_names.get(f"Segment{index}_Name") or info.get("name", info["id"]),
                 mask=frames[0] if frames.shape[0] == 1 else frames,
                 color=tuple(info.get("color", DEFAULT_COLOR)),  # type: ignore[arg-type]
                 terminology=Terminology.from_slicer(terminology) if terminology else DEFAULT_TERMINOLOGY,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from usvlm.io.geometry import Geometry
+from usvlm.oneline import one_line_problem
 from usvlm.text.terminology import DEFAULT_TERMINOLOGY, RGB, Terminology
 
 DEFAULT_COLOR: RGB = (1.0, 0.0, 0.0)
@@ -36,9 +37,9 @@ class Segment:
         if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
             raise ValueError(f"segment {self.name!r}: colour must be 3 values in 0-1, got {self.color}")
         self.color = color  # type: ignore[assignment]
-        if not self.name.strip() or not self.name.isprintable():
-            # Names go into NRRD header lines and DICOM strings: one printable line.
-            raise ValueError(f"segment name must be non-empty printable text, got {self.name!r}")
+        if not self.name.strip() or one_line_problem(self.name):
+            # Names go into NRRD header lines and DICOM strings: one line of text.
+            raise ValueError(f"segment name must be one non-empty line of text, got {self.name!r}")
 
     @property
     def frames(self) -> np.ndarray:

@@ -6,10 +6,10 @@ banks plug a richer resolver into `Segmenter(resolver=...)`.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
 from usvlm.errors import InputError
+from usvlm.oneline import one_line_problem
 from usvlm.text.terminology import DEFAULT_TERMINOLOGY, Terminology
 
 MAX_PROMPT_CHARS = 500
@@ -45,8 +45,9 @@ def validate_prompt(text: object) -> str:
     if len(stripped) > MAX_PROMPT_CHARS:
         raise InputError(None, f"prompt of {len(stripped)} characters is too long "
                                f"(at most {MAX_PROMPT_CHARS})")
-    if any(unicodedata.category(c) == "Cc" for c in stripped):
-        raise InputError(None, "prompt contains control characters")
+    problem = one_line_problem(stripped)
+    if problem:
+        raise InputError(None, f"the prompt {problem}; type one line of text")
     if not any(ch.isalnum() for ch in stripped):  # any script is fine ("nódulo tiroideo")
         raise InputError(None, f"the prompt {stripped!r} has no letters or digits: say what to "
                                "contour, e.g. 'breast mass'")

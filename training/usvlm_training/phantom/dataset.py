@@ -20,6 +20,7 @@ import numpy as np
 from skimage import io as skio
 from tqdm import tqdm
 
+from usvlm.io.atomic import default_file_mode
 from usvlm.errors import InputError, OutputError
 
 from .config import DEFAULT_CONFIG, ORGANS, PROBES
@@ -47,13 +48,38 @@ def _validate(out: Path, count: int, size, splits: Sequence[float], overwrite: b
         raise InputError(None, f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
     if out.exists() and not out.is_dir():
         raise OutputError(out, "exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(out, "folder is not empty (ask for overwrite to replace it)")
+    if out.is_dir():
+        _check_not_in_use(out)  # an existing folder is moved aside and replaced
+        if any(out.iterdir()):
+            if not overwrite:
+                raise OutputError(out, "folder is not empty (ask for overwrite to replace it)")
+            _check_replaceable(out)
     parent = out.parent
     if not parent.is_dir():
         raise OutputError(out, f"parent folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(out, f"parent folder {parent} is not writable")
+
+
+def _check_not_in_use(out: Path) -> None:
+    """The folder the user works in (`--out .`) or one of its parents is never replaced."""
+    here = Path.cwd().resolve()
+    target = out.resolve()
+    if target == here or target in here.parents:
+        raise OutputError(out, "is the current folder or one of its parents; refusing to replace it "
+                               "(give a new folder, e.g. --out phantoms)")
+
+
+def _check_replaceable(out: Path) -> None:
+    """Overwrite replaces only a phantom data set this generator wrote, never any other folder:
+    a wrong path must not cost the user's files."""
+    try:
+        made_here = json.loads((out / "dataset.json").read_text(encoding="utf-8")).get("generator")
+    except (OSError, ValueError, AttributeError):
+        made_here = None
+    if made_here != GENERATOR:
+        raise OutputError(out, "is not a phantom data set written by this generator (no dataset.json "
+                               f"of {GENERATOR}); refusing to replace it")
 
 
 def _organs(organ: str | Sequence[str] | None) -> list[str]:
@@ -123,6 +149,8 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int |
     out = Path(out_dir).absolute()
     _validate(out, count, size, splits, overwrite, organ, probe)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    file_mode = default_file_mode()
+    os.chmod(tmp, file_mode | (file_mode & 0o444) >> 2)  # as mkdir would (mkdtemp makes it 0700)
     start = time.perf_counter()
     try:
         (tmp / "images").mkdir()
