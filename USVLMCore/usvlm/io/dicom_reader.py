@@ -8,25 +8,47 @@ uncalibrated). Messages never include patient attributes.
 from __future__ import annotations
 
 import contextlib
-import copy
+import io
 import logging
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes,
+                         JPEGTransferSyntaxes)
 
 from usvlm.errors import InputError
+from usvlm.io.codec_headers import CodecHeaderError, ends_with_end_marker, j2k_frame, jpeg_frame
+from usvlm.io.dicom_palette import PaletteError, apply_palette, palette_descriptor
 from usvlm.io.geometry import Geometry
 from usvlm.io.image import ImageInfo, SpacingSource, UltrasoundRegion, USImage
-from usvlm.io.limits import check_frame_size, check_pixel_bytes, check_spacing
+from usvlm.io.limits import check_frame_size, check_pixel_bytes, check_spacing, max_pixel_bytes
 
 # Modalities whose multi-frame objects are 3D volumes, not cine loops.
 VOLUME_MODALITIES = {"CT", "MR", "PT", "NM"}
+# SOP classes whose frames are slices of a volume, whatever the modality says.
+VOLUME_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.6.2": "Enhanced US Volume",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT", "1.2.840.10008.5.1.4.1.1.2.2": "Legacy Converted Enhanced CT",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR", "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR",
+    "1.2.840.10008.5.1.4.1.1.128.1": "Legacy Converted Enhanced PET", "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET",
+    "1.2.840.10008.5.1.4.1.1.20": "NM", "1.2.840.10008.5.1.4.1.1.13.1.1": "X-Ray 3D Angiographic",
+    "1.2.840.10008.5.1.4.1.1.13.1.2": "X-Ray 3D Craniofacial", "1.2.840.10008.5.1.4.1.1.13.1.3": "Breast Tomosynthesis",
+    "1.2.840.10008.5.1.4.1.1.77.1.5.4": "Ophthalmic Tomography",
+}
+# Images nest sequences a few levels deep; far deeper nesting only serves to overflow the stack
+# of recursive code (pydicom's parser, deepcopy, highdicom).
+MAX_SEQUENCE_DEPTH = 32
+# A deflated data set may inflate to the pixel limit plus this much for the other attributes.
+HEADER_ALLOWANCE = 64 * 1024**2
+# Values longer than this are read only when used (the pixel data after its length was checked).
+DEFER_BYTES = 1024**2
 SUPPORTED_PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
                           "YBR_RCT", "YBR_ICT", "PALETTE COLOR"}
 CM_TO_MM = 10.0
@@ -39,6 +61,9 @@ def read_dicom(path: str | Path) -> USImage:
             return _read_dicom(path)
         except InputError:
             raise
+        except RecursionError:
+            raise InputError(path, f"DICOM sequences nested too deeply (more than {MAX_SEQUENCE_DEPTH} "
+                                   "levels)") from None
         # pydicom parses elements lazily: a damaged header raises on first access, from anywhere.
         except (NotImplementedError, ValueError, TypeError, AttributeError, KeyError, IndexError,
                 EOFError, OverflowError, struct.error, BytesLengthException) as exc:
@@ -62,13 +87,19 @@ def _quiet_pydicom() -> Iterator[None]:
 
 
 def _read_dicom(path: Path) -> USImage:
-    ds = _read_dataset(path)
-    rows, columns = _int(path, ds, "Rows", 0), _int(path, ds, "Columns", 0)
-    frames = _int(path, ds, "NumberOfFrames", 1)
-    modality = str(ds.get("Modality", "")) or None
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    _check_header(path, ds, rows, columns, frames, modality, photometric)
+    source = _DicomSource(path)
+    # The header alone first: everything a size or kind of image can be refused for is known
+    # before a byte of pixel data is read (a 3D volume, a 20000 x 20000 claim).
+    header = source.read(stop_before_pixels=True)
+    _check_nesting(path, header)
+    rows, columns = _int(path, header, "Rows", 0), _int(path, header, "Columns", 0)
+    frames = _int(path, header, "NumberOfFrames", 1)
+    modality = str(header.get("Modality", "")) or None
+    photometric = str(header.get("PhotometricInterpretation", "")).strip()
+    _check_header(path, header, rows, columns, frames, modality, photometric)
 
+    ds = source.read(stop_before_pixels=False)
+    _check_pixel_data(path, ds, rows, columns, frames)
     pixels = _decode(path, ds, photometric)
     # pydicom returns (H, W[, 3]) for one frame and (T, H, W[, 3]) for several.
     is_rgb = pixels.ndim == (4 if frames > 1 else 3)
@@ -80,30 +111,126 @@ def _read_dicom(path: Path) -> USImage:
     info = ImageInfo(path=str(path), format="dicom", modality=modality,
                      photometric=photometric,
                      transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")) or None,
-                     frame_time_ms=_frame_time_ms(ds), dicom_header=_header_only(ds))
+                     frame_time_ms=_frame_time_ms(ds), dicom_header=_header_only(header))
     info.regions = _regions(ds)
-    spacing, source, calibrated = _spacing(path, ds, info)
-    info.spacing_source = source
+    spacing, source_of_spacing, calibrated = _spacing(path, ds, info)
+    info.spacing_source = source_of_spacing
     _set_field_of_view(info, rows, columns)
     geometry = _geometry(ds, spacing, calibrated)
     return USImage(pixels=pixels, geometry=geometry, info=info, is_rgb=is_rgb, is_cine=frames > 1)
 
 
-def _read_dataset(path: Path) -> Dataset:
+class _DicomSource:
+    """A DICOM file, read by pydicom; a deflated data set is inflated once, under a size cap
+    (pydicom would inflate all of it, however large, before parsing a single attribute)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.inflated: tuple[bytes | None, Dataset, bytes] | None = _inflate_if_deflated(path)
+
+    def read(self, *, stop_before_pixels: bool) -> Dataset:
+        if self.inflated is None:
+            return _read_dataset(self.path, stop_before_pixels)
+        from pydicom.filereader import read_dataset
+
+        preamble, file_meta, body = self.inflated
+        stop = (lambda tag, vr, length: tag == 0x7FE00010) if stop_before_pixels else None
+        try:
+            dataset = read_dataset(io.BytesIO(body), False, True, stop_when=stop)
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+            raise InputError(self.path, f"corrupt deflated DICOM data set ({type(exc).__name__})") from exc
+        ds = FileDataset(str(self.path), dataset, preamble, file_meta, False, True)
+        ds.set_original_encoding(False, True, dataset._character_set)
+        return ds
+
+
+def _inflate_if_deflated(path: Path) -> tuple[bytes | None, Dataset, bytes] | None:
+    """(preamble, file meta, inflated data set) of a Deflated Explicit VR Little Endian file,
+    None for any other file (including ones without a readable file meta group)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
     try:
-        ds = pydicom.dcmread(path, force=False)
+        with open(path, "rb") as fp:
+            preamble = read_preamble(fp, True)
+            file_meta = _read_file_meta_info(fp)
+            if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+                return None
+            return preamble, file_meta, _inflate(path, fp)
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, struct.error,
+            InvalidDicomError, BytesLengthException):
+        return None  # not a deflated file meta group: the ordinary reader gives the error
+
+
+def _inflate(path: Path, fp: io.BufferedReader) -> bytes:
+    """The rest of `fp` inflated (raw deflate), refused beyond the pixel limit plus an allowance
+    for the other attributes, in pieces so that a bomb never gets further than that."""
+    cap = max_pixel_bytes() + HEADER_ALLOWANCE
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = io.BytesIO()
+    try:
+        while not inflater.eof:
+            block = inflater.unconsumed_tail or fp.read(1024**2)
+            if not block:
+                raise InputError(path, "deflated DICOM data set is truncated (the deflate stream ends early)")
+            out.write(inflater.decompress(block, cap + 1 - out.tell()))
+            if out.tell() > cap:
+                raise InputError(path, f"deflated DICOM data set inflates to more than {cap / 1024**2:.0f} MiB, "
+                                       f"beyond the pixel limit (set USVLM_MAX_PIXEL_BYTES to raise it)")
+    except zlib.error:
+        raise InputError(path, "deflated DICOM data set is not a valid deflate stream") from None
+    return out.getvalue()
+
+
+def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
+    options = dict(stop_before_pixels=stop_before_pixels, defer_size=None if stop_before_pixels else DEFER_BYTES)
+    try:
+        ds = pydicom.dcmread(path, force=False, **options)
     except InvalidDicomError:
         # Files without the 128-byte preamble are still common; accept them only if they parse
         # into something with pixel attributes.
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path, force=True, **options)
+        except RecursionError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file for the user
             raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from exc
         if "Rows" not in ds:
             raise InputError(path, "not a DICOM file (no DICOM preamble and no image attributes)")
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zlib.error) as exc:
         raise InputError(path, f"truncated or corrupt DICOM file ({type(exc).__name__})") from exc
     return ds
+
+
+def _check_nesting(path: Path, ds: Dataset) -> None:
+    """Refuse sequences nested deeper than MAX_SEQUENCE_DEPTH, walking them without recursion."""
+    pending = [(ds, 0)]
+    while pending:
+        dataset, depth = pending.pop()
+        for raw in dataset.elements():
+            if (raw.VR or _dictionary_vr(raw.tag)) != "SQ":
+                continue
+            if depth >= MAX_SEQUENCE_DEPTH:
+                raise InputError(path, f"DICOM sequences nested too deeply (more than {MAX_SEQUENCE_DEPTH} "
+                                       "levels)")
+            try:
+                items = dataset[raw.tag].value
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - an unparsable private sequence is never used
+                continue
+            pending.extend((item, depth + 1) for item in items)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR the data dictionary gives a tag (implicit VR files carry none)."""
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _int(path: Path, ds: Dataset, keyword: str, default: int) -> int:
@@ -117,11 +244,9 @@ def _int(path: Path, ds: Dataset, keyword: str, default: int) -> int:
 
 def _check_header(path: Path, ds: Dataset, rows: int, columns: int, frames: int,
                   modality: str | None, photometric: str) -> None:
-    if "PixelData" not in ds or not ds.PixelData:  # absent, or of length 0 (value None)
-        kind = "" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else " (no pixel data)"
-        sop_class = str(getattr(ds.get("SOPClassUID"), "name", "unknown"))
-        raise InputError(path, f"DICOM file holds no image{kind}; SOP class "
-                               f"{sop_class if sop_class.isprintable() else repr(sop_class)}")
+    """Everything the header alone can refuse, before the pixel data is read."""
+    if rows == 0 and columns == 0 and "Rows" not in ds:
+        _refuse_no_image(path, ds, "")
     problem = check_frame_size(rows, columns)
     if problem:
         raise InputError(path, problem)
@@ -129,28 +254,56 @@ def _check_header(path: Path, ds: Dataset, rows: int, columns: int, frames: int,
         raise InputError(path, f"NumberOfFrames is {frames}")
     if modality in VOLUME_MODALITIES and frames > 1:
         raise InputError(path, f"a 3D {modality} volume of {frames} slices, not 2D ultrasound")
+    volume_class = VOLUME_SOP_CLASSES.get(str(ds.get("SOPClassUID", "")))
+    if volume_class is not None:
+        raise InputError(path, f"a 3D volume ({volume_class} Storage), not 2D ultrasound")
     if photometric not in SUPPORTED_PHOTOMETRICS:
         raise InputError(path, f"unsupported photometric interpretation {photometric!r}")
     samples = _int(path, ds, "SamplesPerPixel", 1)
     bits = _int(path, ds, "BitsAllocated", 8)
     if samples not in (1, 3) or bits not in (1, 8, 16, 32):
         raise InputError(path, f"unsupported pixel layout: SamplesPerPixel {samples}, BitsAllocated {bits}")
-    out_samples = 3 if photometric == "PALETTE COLOR" else samples
-    problem = check_pixel_bytes(rows * columns * frames * out_samples * max(bits // 8, 1))
+    out_bytes = samples * max(bits // 8, 1)
+    if photometric == "PALETTE COLOR":
+        try:
+            palette_descriptor(ds)
+        except PaletteError as exc:
+            raise InputError(path, str(exc)) from None
+        out_bytes += 3 * 2  # the indices, then RGB of up to 16 bits
+    problem = check_pixel_bytes(rows * columns * frames * out_bytes)
     if problem:
         raise InputError(path, problem)
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
-    if not syntax:
-        return
-    try:
-        compressed = syntax.is_compressed
-    except ValueError:  # pydicom: "UID is not a transfer syntax" (private or another kind of UID)
-        raise InputError(path, f"unknown transfer syntax UID {str(syntax)[:64]!r}") from None
-    if compressed:
-        _check_fragments(path, ds, frames)
+    if syntax:
+        try:
+            syntax.is_compressed
+        except ValueError:  # pydicom: "UID is not a transfer syntax" (private or another kind of UID)
+            raise InputError(path, f"unknown transfer syntax UID {str(syntax)[:64]!r}") from None
+
+
+def _refuse_no_image(path: Path, ds: Dataset, kind: str) -> None:
+    sop_class = str(getattr(ds.get("SOPClassUID"), "name", "unknown"))
+    raise InputError(path, f"DICOM file holds no image{kind}; SOP class "
+                           f"{sop_class if sop_class.isprintable() else repr(sop_class)}")
+
+
+def _check_pixel_data(path: Path, ds: Dataset, rows: int, columns: int, frames: int) -> None:
+    """The pixel data must be there and hold what the header says: native data of the right
+    length (checked before it is read), encapsulated data with one codestream per frame whose own
+    header agrees with Rows/Columns and which is not cut short."""
+    raw = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    length = getattr(raw, "length", None) if raw is not None and raw.value is None else None
+    if raw is None or (length is None and not ds.PixelData) or length == 0:
+        kind = "" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else " (no pixel data)"
+        _refuse_no_image(path, ds, kind)
+    syntax = ds.file_meta.get("TransferSyntaxUID", None)
+    samples = _int(path, ds, "SamplesPerPixel", 1)
+    bits = _int(path, ds, "BitsAllocated", 8)
+    if syntax and syntax.is_compressed:
+        _check_fragments(path, ds, syntax, rows, columns, frames, samples, bits)
         return
     expected = rows * columns * frames * samples * bits // 8
-    actual = len(ds.PixelData)
+    actual = length if length is not None else len(ds.PixelData)
     frame_bytes = max(rows * columns * samples * bits // 8, 1)
     # Odd lengths are padded to even; a whole frame or more of surplus means the header lies.
     if actual < expected or actual - expected >= frame_bytes:
@@ -158,10 +311,13 @@ def _check_header(path: Path, ds: Dataset, rows: int, columns: int, frames: int,
                                f"x {samples} samples need {expected}")
 
 
-def _check_fragments(path: Path, ds: Dataset, frames: int) -> None:
+def _check_fragments(path: Path, ds: Dataset, syntax: str, rows: int, columns: int, frames: int,
+                     samples: int, bits: int) -> None:
     """Encapsulated data needs at least one fragment per frame: refuse a frame-count claim (a
-    2,000-frame cine with data for 4) before the decoder allocates the claimed frames."""
-    from pydicom.encaps import parse_fragments
+    2,000-frame cine with data for 4) before the decoder allocates the claimed frames. Each
+    frame's codestream header must describe the frame the DICOM header describes (decoders
+    allocate what the codestream says), and each frame must end in its end marker."""
+    from pydicom.encaps import generate_fragmented_frames, parse_fragments
 
     try:
         items = parse_fragments(ds.PixelData)[0]
@@ -170,22 +326,59 @@ def _check_fragments(path: Path, ds: Dataset, frames: int) -> None:
     if items - 1 < frames:  # the first item is the basic offset table
         raise InputError(path, f"encapsulated pixel data holds {max(items - 1, 0)} fragment(s), "
                                f"fewer than the {frames} frames the header claims")
+    if syntax in JPEG2000TransferSyntaxes:
+        read_header = j2k_frame
+    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        read_header = jpeg_frame
+    else:
+        return  # RLE decodes to the header's size by construction; other codecs are refused later
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        for index, fragments in enumerate(generate_fragmented_frames(
+                ds.PixelData, number_of_frames=frames, extended_offsets=extended)):
+            where = f"frame {index + 1}: " if frames > 1 else ""
+            head = b"".join(fragments[:4])[:65536]  # the header lies within the first bytes
+            try:
+                frame = read_header(head)
+            except CodecHeaderError as exc:
+                raise InputError(path, f"{where}{exc}") from None
+            if (frame.rows, frame.columns) != (rows, columns):
+                raise InputError(path, f"{where}the {frame.codec} frame header says {frame.columns} x "
+                                       f"{frame.rows} pixels, which does not match the DICOM header's "
+                                       f"{columns} x {rows}")
+            if frame.components != samples:
+                raise InputError(path, f"{where}the {frame.codec} frame header has {frame.components} "
+                                       f"component(s), the DICOM header {samples} sample(s) per pixel")
+            if frame.precision > max(bits, 8):
+                raise InputError(path, f"{where}the {frame.codec} frame header has {frame.precision}-bit "
+                                       f"samples, more bits than the DICOM header allocates ({bits})")
+            tail = fragments[-1][-32:] if fragments else b""
+            if not ends_with_end_marker(tail):
+                raise InputError(path, f"{where}the {frame.codec} codestream is truncated (no end marker)")
+            if index + 1 == frames:
+                break
+    except (ValueError, TypeError, EOFError, struct.error) as exc:
+        raise InputError(path, f"encapsulated pixel data is corrupt ({str(exc).splitlines()[0][:120]})") from None
 
 
 def _decode(path: Path, ds: Dataset, photometric: str) -> np.ndarray:
-    from pydicom.pixels import apply_color_lut
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # pydicom converts YBR_* to RGB (the default of its pixel handlers).
             pixels = ds.pixel_array
             if photometric == "PALETTE COLOR":
-                pixels = apply_color_lut(pixels, ds)
+                pixels = apply_palette(pixels, ds)
                 pixels = _palette_to_8bit(pixels, ds)
+    except PaletteError as exc:
+        raise InputError(path, str(exc)) from None
     except NotImplementedError as exc:
         raise InputError(path, f"cannot decode transfer syntax "
                                f"{ds.file_meta.TransferSyntaxUID.name}: {exc}") from exc
+    except MemoryError:
+        raise InputError(path, "not enough memory to decode the pixel data") from None
     except (ValueError, RuntimeError, KeyError, AttributeError, TypeError, IndexError, StopIteration,
             EOFError, OverflowError) as exc:
         raise InputError(path, f"pixel data cannot be decoded ({type(exc).__name__}: "
@@ -207,12 +400,11 @@ def _palette_to_8bit(rgb: np.ndarray, ds: Dataset) -> np.ndarray:
     return rgb.astype(np.uint8) if rgb.max(initial=0) <= 255 else rgb
 
 
-def _header_only(ds: Dataset) -> Dataset:
-    header = copy.copy(ds)
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+def _header_only(header: Dataset) -> Dataset:
+    """The header read before the pixel data (nothing from the pixel data element on)."""
+    for keyword in ("FloatPixelData", "DoubleFloatPixelData"):
         if keyword in header:
             del header[keyword]
-    header.file_meta = copy.deepcopy(ds.file_meta)
     return header
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.pixels import pack_bits
 from pydicom.uid import UltrasoundImageStorage
+from pydicom.valuerep import PersonName
 
 from usvlm import __version__
 from usvlm.errors import InputError
 from usvlm.io.atomic import atomic_output
+from usvlm.io.deidentify import WRITER_OWN, apply_basic_profile
 from usvlm.io.image import USImage
 from usvlm.io.segmentation import Segment, stacked_frames
 
@@ -132,27 +135,28 @@ def _spread_over_source_frames(seg: Dataset, stack: np.ndarray) -> None:
     seg.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
 
 
-# Patient and study attributes highdicom copies from the source, emptied by `deidentify`.
-# The study, series and instance UIDs stay: the standard needs them to reference the source.
-_IDENTIFYING = ("PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "OtherPatientIDs",
-                "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime",
-                "IssuerOfPatientID", "PatientComments", "EthnicGroup")
-
-
 def deidentify_seg(seg: Dataset) -> None:
-    """Blank the patient and study attributes copied from the source; keep the UID references.
+    """Apply the DICOM PS3.15 Basic Application Level Confidentiality Profile (Retain UIDs
+    Option) to a SEG, keeping the attributes the writer sets to values of its own; see
+    `usvlm.io.deidentify`."""
+    apply_basic_profile(seg, keep=WRITER_OWN)
 
-    The patient ID becomes a pseudonym (a hash of the original and the study UID), so SEGs of the
-    same patient and study still group together without revealing the ID."""
-    import hashlib
 
-    original = f"{seg.get('PatientID', '')}|{seg.get('StudyInstanceUID', '')}"
-    seg.PatientID = "USVLM-" + hashlib.sha256(original.encode()).hexdigest()[:16].upper()
-    for keyword in _IDENTIFYING:
-        if keyword in seg:
-            setattr(seg, keyword, "")
-    seg.PatientIdentityRemoved = "YES"
-    seg.DeidentificationMethod = "USVLM: patient and study attributes removed, UID references kept"
+def _scrubbed(exc: BaseException, header: Dataset) -> str:
+    """An exception's first line without any attribute value of the header (highdicom's
+    validation messages quote the offending value, e.g. a malformed birth date)."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", text)
+    try:
+        for element in header.iterall():
+            value = element.value
+            if isinstance(value, (str, bytes, PersonName)):
+                shown = (value.decode(errors="ignore") if isinstance(value, bytes) else str(value)).strip()
+                if len(shown) >= 3:
+                    text = text.replace(shown, "...")
+    except Exception:  # noqa: BLE001 - an unreadable header: say only what kind of error it was
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def build_dicom_seg(segments: Sequence[Segment], source: USImage | Dataset, *,
@@ -160,11 +164,15 @@ def build_dicom_seg(segments: Sequence[Segment], source: USImage | Dataset, *,
                     algorithm_version: str = __version__, deidentify: bool = False) -> Dataset:
     """A binary DICOM SEG dataset of `segments` (masks on the source grid) for the source instance.
 
-    `deidentify`: copy only the references the standard needs, not the patient's name, birth
-    date, accession number and the like (see `deidentify_seg`)."""
+    `deidentify`: apply the DICOM PS3.15 Basic Application Level Confidentiality Profile with the
+    Retain UIDs Option (the references to the source stay; see `usvlm.io.deidentify`)."""
     import highdicom as hd
 
     header, name = _source_header(source)
+    if deidentify:
+        # Nothing identifying reaches highdicom, so nothing of it can be copied (or quoted).
+        header = copy.deepcopy(header)
+        apply_basic_profile(header)
     n_source = _source_frames(header)
     stack = stacked_frames(segments).astype(np.uint8)  # (T, H, W, S)
     expected = (n_source or 1, int(header.Rows), int(header.Columns))
@@ -195,7 +203,7 @@ def build_dicom_seg(segments: Sequence[Segment], source: USImage | Dataset, *,
             seg = hd.seg.Segmentation(source_images=[header], pixel_array=stack,
                                       omit_empty_frames=bool(stack.any()), **kwargs)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise InputError(name, f"cannot derive a DICOM SEG from this image: {exc}") from exc
+        raise InputError(name, f"cannot derive a DICOM SEG from this image ({_scrubbed(exc, header)})") from None
     if "ImageOrientationPatient" not in header and "PatientOrientation" not in seg:
         # General Image module: Type 2C when the image has no patient position/orientation;
         # the SEG shares the source's pixel grid, so it shares its orientation too.
