@@ -23,7 +23,7 @@ import jsonschema
 
 from usvlm.io.atomic import AtomicGroup
 from usvlm.model.errors import CheckpointError
-from usvlm.model.safe_config import MODEL_CFG
+from usvlm.model.safe_config import MODEL_CFG, model_cfg_problem
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -156,6 +156,10 @@ def validate_manifest(manifest: Any, source: str | os.PathLike[str] = MANIFEST_N
     if errors:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         raise CheckpointError(source, "; ".join(_describe(e) for e in errors[:3]) + more)
+    config = manifest["backbone"].get("config")
+    problem = model_cfg_problem(config) if config is not None else None
+    if problem:  # what a schema cannot say: bounds that combine several keys
+        raise CheckpointError(source, f"backbone.config.{problem}")
 
 
 def read_bounded_file(path: str | os.PathLike[str], what: str, limit: int = MAX_MANIFEST_BYTES,
@@ -172,13 +176,19 @@ def read_bounded_file(path: str | os.PathLike[str], what: str, limit: int = MAX_
         raise error(path, f"{what} file does not exist") from None
     except OSError as exc:
         raise error(path, f"cannot read the {what}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise error(path, f"not a regular file (a FIFO, device or folder), so not a {what}")
         if info.st_size > limit:
             raise error(path, f"{info.st_size} bytes: too large for a {what} (at most {limit})")
-        data = f.read(limit + 1)
+        data = os.read(fd, limit + 1)
+        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise error(path, f"cannot read the {what}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise error(path, f"too large for a {what} (at most {limit} bytes)")
     return data

@@ -2,6 +2,11 @@
 
 Search order: an explicit path; `$USVLM_MODEL_DIR`; `~/.cache/usvlm/models`; the models bundled
 with the package (`Resources/Models` in the repository or the Slicer extension).
+
+A models root is scanned as untrusted data: FIFOs, devices, symlinks that lead out of the root and
+manifests over the size bound are skipped (a FIFO named manifest.json would hang every command,
+a link to /dev/zero would fill memory), and names are printed with non-printable characters
+escaped (a folder or model name can hold terminal escape sequences).
 """
 
 from __future__ import annotations
@@ -12,7 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from usvlm.errors import USVLMError
-from usvlm.model.manifest import MANIFEST_NAME
+from usvlm.model.errors import CheckpointError
+from usvlm.model.manifest import MANIFEST_NAME, read_bounded_file
+
+MAX_NAME_CHARS = 200
+
+
+def printable(text: object, limit: int | None = MAX_NAME_CHARS) -> str:
+    """`text` safe to print on a terminal: control and other non-printable characters escaped
+    (ESC as \\x1b), cut to `limit` characters (None: whole)."""
+    s = str(text)
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    return out if limit is None or len(out) <= limit else out[:limit] + "..."
 
 DEFAULT_MODEL_NAME = "usvlm-default"
 
@@ -36,17 +52,49 @@ def search_paths() -> list[Path]:
     return paths
 
 
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _read_listed_manifest(directory: Path, root: Path) -> dict[str, Any] | None:
+    manifest = directory / MANIFEST_NAME
+    if not _inside(directory, root) or not _inside(manifest, root):
+        return None
+    try:
+        data = json.loads(read_bounded_file(manifest, "model manifest").decode("utf-8"))
+    except (CheckpointError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def installed_models() -> list[tuple[Path, dict[str, Any]]]:
-    """(directory, manifest) of every model directory in the search paths."""
+    """(directory, manifest) of every model directory in the search paths.
+
+    Manifests are parsed, not validated (loading reports the details); only a regular file of
+    bounded size inside the root is read, so a hostile root cannot hang or exhaust the listing.
+    """
     found = []
     for root in search_paths():
-        if not root.is_dir():
+        try:
+            if not root.is_dir():
+                continue
+            real_root = root.resolve()
+            names = sorted(entry.name for entry in os.scandir(root))
+        except (OSError, RuntimeError):
             continue
-        for manifest in sorted(root.glob(f"*/{MANIFEST_NAME}")):
+        for name in names:
+            directory = root / name
             try:
-                found.append((manifest.parent, json.loads(manifest.read_text(encoding="utf-8"))))
-            except (OSError, ValueError):
-                continue  # listed by `usvlm models` only when readable; loading reports details
+                if not directory.is_dir():
+                    continue
+            except OSError:
+                continue
+            manifest = _read_listed_manifest(directory, real_root)
+            if manifest is not None:
+                found.append((directory, manifest))
     return found
 
 
@@ -61,6 +109,6 @@ def resolve_model(arg: str | os.PathLike[str] | None) -> Path:
     searched = ", ".join(str(p) for p in search_paths())
     if arg is None:
         raise USVLMError(f"no model given and the default model '{DEFAULT_MODEL_NAME}' is not "
-                         f"installed (searched {searched}); pass --model DIR")
-    raise USVLMError(f"model '{arg}' not found: not a directory, and no installed model of that "
-                     f"name (searched {searched})")
+                         f"installed (searched {printable(searched, limit=None)}); pass --model DIR")
+    raise USVLMError(f"model '{printable(arg)}' not found: not a directory, and no installed model "
+                     f"of that name (searched {printable(searched, limit=None)})")

@@ -30,7 +30,7 @@ from usvlm.model.backbones import Backbone, build_backbone
 from usvlm.model.backbones.core import is_adapter_parameter
 from usvlm.model.checkpoint import (Checkpoint, check_shapes, file_sha256, open_checkpoint,
                                    save_checkpoint, shapes_of)
-from usvlm.model.errors import CheckpointError
+from usvlm.model.errors import CheckpointError, ModelNotFoundError
 from usvlm.model.heads import (ClassificationHead, ClsHeadConfig, SegHeadConfig,
                                TextConditionedSegHead, ZeroShotClassifier)
 
@@ -373,6 +373,8 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
     try:
         _check_sizes(checkpoint, allow_download)
         model = _rebuild(manifest, allow_download)
+    except ModelNotFoundError as exc:  # e.g. a hub id, with downloads off
+        raise CheckpointError(manifest_path, f"names files that are not on this machine: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
         if isinstance(exc, CheckpointError):
             raise

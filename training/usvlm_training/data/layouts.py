@@ -179,6 +179,22 @@ def read_paper(root: Path, opt: ReadOptions) -> tuple[list[Sample], Problems]:
     return samples, problems
 
 
+def inside(root: Path, relative: object) -> Path:
+    """`root / relative` when it lies within the data set folder (after resolving `..` and
+    symlinks); a record naming a file elsewhere (an absolute path, ../, a link out) is refused, so
+    a data set cannot make training read files outside it."""
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise ValueError("a file path must be a non-empty string")
+    path = root / relative
+    try:
+        resolved, base = path.resolve(), root.resolve()
+    except (OSError, RuntimeError):
+        raise ValueError("a file path cannot be resolved") from None
+    if not resolved.is_relative_to(base):
+        raise ValueError("a file path leads outside the data set folder")
+    return path
+
+
 def read_phantom(root: Path, opt: ReadOptions) -> tuple[list[Sample], Problems]:
     """samples.jsonl of the phantom generator: one record per image, one mask per structure."""
     problems: Problems = []
@@ -192,14 +208,18 @@ def read_phantom(root: Path, opt: ReadOptions) -> tuple[list[Sample], Problems]:
             record = json.loads(text)
             sample_id = str(record["id"])
             structures = tuple(Structure(
-                opt.class_name(s["class"]), mask_path=root / s["mask"], malignancy=s.get("malignancy"),
-                description=s.get("description"), name=s["class"]) for s in record["structures"])
+                opt.class_name(s["class"]), mask_path=inside(root, s["mask"]),
+                malignancy=s.get("malignancy"), description=s.get("description"), name=s["class"])
+                for s in record["structures"])
             spacing = record.get("spacing_mm")
             spacing = opt.spacing_mm if spacing is None else tuple(np.broadcast_to(
                 np.asarray(spacing, dtype=float), (2,)).tolist())
-            image = root / record["image"]
+            image = inside(root, record["image"])
+        except RecursionError:
+            problems.append((where, "bad record (JSON nested too deeply)"))
+            continue
         except (ValueError, KeyError, TypeError) as exc:
-            problems.append((where, f"bad record ({type(exc).__name__}: {exc})"))
+            problems.append((where, f"bad record ({type(exc).__name__}: {str(exc)[:200]})"))
             continue
         shape = _checked_shape(sample_id, image, structures, problems) if opt.check_files else None
         if shape is None and "rows" in record and "columns" in record:

@@ -121,10 +121,38 @@ def save_training_state(path: Path, *, module: nn.Module, optimizer: torch.optim
         torch.save(state, tmp)
 
 
+RESUME_KEYS = ("module", "optimizer", "scheduler", "epoch", "step", "history", "best_state", "config")
+
+
 def load_training_state(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state["history"] = History.from_dict(json.loads(state["history"]))
-    state["config"] = json.loads(state["config"])
+    """A `--resume` file, read with torch's weights-only loader (it never runs a pickle's code);
+    anything else (a foreign pickle, a FIFO, a damaged or foreign file) is a one-line InputError."""
+    import pickle
+    import stat
+    import zipfile
+
+    from usvlm.errors import InputError
+
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(path, "not a regular file, so not a training state (--resume)")
+    except OSError as exc:
+        raise InputError(path, f"cannot read the training state: {exc.strerror or exc}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile,
+            AttributeError, ImportError, TypeError) as exc:
+        kind = "a pickle with objects other than tensors (refused unread)" \
+            if isinstance(exc, pickle.UnpicklingError) else f"unreadable ({type(exc).__name__})"
+        raise InputError(path, f"not a USVLM training state: {kind}") from None
+    if not isinstance(state, dict) or any(k not in state for k in RESUME_KEYS):
+        raise InputError(path, "not a USVLM training state (expected keys missing)")
+    try:
+        state["history"] = History.from_dict(json.loads(state["history"]))
+        state["config"] = json.loads(state["config"])
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InputError(path, f"damaged training state ({type(exc).__name__})") from None
     return state
 
 

@@ -429,11 +429,14 @@ def refuse_code(folder: Path) -> None:
 def _weights_errors(what: Path | str) -> Iterator[None]:
     """A weights file that cannot be loaded (a pickle refused by torch's weights_only loader, a
     truncated archive, tensors of the wrong shape) is a one-line error naming it, not a traceback."""
+    import zipfile
+
+    from safetensors import SafetensorError
+
     try:
         yield
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, KeyError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, zipfile.BadZipFile,
+            SafetensorError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(what, f"cannot load these weights ({type(e).__name__}: {first})") from None
 
@@ -466,8 +469,8 @@ def build_backbone(model: str | Mapping[str, Any], pretrained: str | os.PathLike
         if structure_only and overrides:
             overrides["text_cfg"]["hf_model_pretrained"] = False  # its config only, no weights
         with _quiet_transformers(), _quiet_random_init(isinstance(model, Mapping) or structure_only), \
-                _weights_errors(source.checkpoint or text_weights or source.open_clip_name), \
-                torch.device("meta") if structure_only else _no_context():
+                torch.device("meta") if structure_only else \
+                _weights_errors(source.checkpoint or text_weights or source.open_clip_name):
             clip = open_clip.create_model(
                 source.open_clip_name, pretrained=None if structure_only else source.pretrained,
                 load_weights=load, device="meta" if structure_only else device, precision=precision,
@@ -486,11 +489,6 @@ def build_backbone(model: str | Mapping[str, Any], pretrained: str | os.PathLike
     backbone.weights_path = source.checkpoint
     backbone.text_weights_path = text_weights
     return backbone
-
-
-@contextmanager
-def _no_context() -> Iterator[None]:
-    yield
 
 
 def _hf_text_weights(overrides: Mapping[str, Any]) -> Path | None:

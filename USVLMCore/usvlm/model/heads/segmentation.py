@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from usvlm.model.heads._common import JsonConfig, check_levels
 
 DECODERS = ("bilinear", "transposed")
+MAX_OUT_SIZE = 4096
 
 
 @dataclasses.dataclass
@@ -59,8 +60,8 @@ class SegHeadConfig(JsonConfig):
             raise ValueError(f"detail_channels must be >= 0, got {self.detail_channels}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
-        if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"patch_size must be a power of two, got {self.patch_size}")
+        if not 1 <= self.patch_size <= 64 or self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"patch_size must be a power of two up to 64, got {self.patch_size}")
         if self.output_stride < 1 or self.output_stride & (self.output_stride - 1) \
                 or self.output_stride > self.patch_size:
             raise ValueError(f"output_stride must be a power of two up to patch_size "
@@ -69,6 +70,10 @@ class SegHeadConfig(JsonConfig):
             self.out_size = [int(s) for s in self.out_size]
             if len(self.out_size) != 2:
                 raise ValueError(f"out_size must be an int or [height, width], got {self.out_size}")
+        # The logit map of every prompt is this large: a manifest must not ask for gigabytes.
+        sizes = [self.out_size] if isinstance(self.out_size, int) else (self.out_size or [])
+        if any(not 1 <= s <= MAX_OUT_SIZE for s in sizes):
+            raise ValueError(f"out_size must be between 1 and {MAX_OUT_SIZE}")
 
 
 def _groups(channels: int) -> int:
