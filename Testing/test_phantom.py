@@ -329,8 +329,14 @@ def test_write_dataset_refuses_and_overwrites(tmp_path):
     with pytest.raises(dataset_module.OutputError, match="not empty"):
         write_dataset(out, 2, seed=0, progress=False)
     assert (out / "keep.txt").exists()
+    # Overwrite replaces only a data set the generator wrote, never a folder of the user's.
+    with pytest.raises(dataset_module.OutputError, match="not a phantom data set"):
+        write_dataset(out, 2, seed=0, progress=False, overwrite=True)
+    assert (out / "keep.txt").exists()
+    (out / "keep.txt").unlink()
+    write_dataset(out, 1, seed=0, progress=False)
     write_dataset(out, 2, seed=0, progress=False, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "images" / "000001.png").exists()
+    assert (out / "images" / "000001.png").exists()
     with pytest.raises(dataset_module.InputError, match="count"):
         write_dataset(tmp_path / "none", 0, seed=0, progress=False)
     assert not (tmp_path / "none").exists()
@@ -359,8 +365,9 @@ def test_cli_in_process(tmp_path, capsys):
     assert main(["phantom", "--out", str(out), "--count", "3"]) == 2
     assert "not empty" in capsys.readouterr().err
     missing = tmp_path / "never"
-    assert main(["phantom", "--out", str(missing), "--count", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error: --count")
+    with pytest.raises(SystemExit) as exit_:  # refused when parsed: usage and exit code 2
+        main(["phantom", "--out", str(missing), "--count", "0"])
+    assert exit_.value.code == 2 and "argument --count" in capsys.readouterr().err
     assert main(["phantom", "--out", str(missing), "--count", "2", "--size", "700"]) == 2
     assert not missing.exists()
 

@@ -182,7 +182,7 @@ def test_cli_logs_never_name_the_patient(tmp_path, tiny_model):
         _usvlm("-v", "classify", str(invalid_name), *bad, "--model", str(tiny_model)),
     ]
     assert runs[0].returncode == 2 and runs[1].returncode == 0
-    assert runs[2].returncode == 2 and (out / "good.seg.nrrd").exists() and (out / "invalid_name.dcm").exists()
+    assert runs[2].returncode == 2 and (out / "good.seg.nrrd").exists() and (out / "invalid_name.seg.dcm").exists()
     assert runs[3].returncode == 0, runs[3].stderr
     for run in runs:
         text = run.stdout + run.stderr

@@ -45,7 +45,7 @@ PICKLE_MARKER_DEFAULT = "/tmp/usvlm-pickle-marker"
 
 # Modules beside this file with more cases: each defines `make(out: Path, entry) -> None` and calls
 # `entry(...)` (below) for every file or folder it writes into `out`.
-ROUND_TWO = ("corpus_dicom2", "corpus_itk2", "corpus_models2", "corpus_cli2")
+ROUND_TWO = ("corpus_dicom2", "corpus_itk2", "corpus_models2")
 
 # name -> (kind, exercises, expected error type[, message regex])
 MANIFEST: dict[str, dict[str, str]] = {}
