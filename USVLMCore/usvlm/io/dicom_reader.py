@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -67,8 +68,14 @@ def read_dicom(path: str | Path) -> USImage:
         # pydicom parses elements lazily: a damaged header raises on first access, from anywhere.
         except (NotImplementedError, ValueError, TypeError, AttributeError, KeyError, IndexError,
                 EOFError, OverflowError, struct.error, BytesLengthException) as exc:
-            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-            raise InputError(path, f"corrupt DICOM file ({type(exc).__name__}: {reason})") from exc
+            raise InputError(path, f"corrupt DICOM file ({type(exc).__name__}: {_reason(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a library's message, with quoted text (which can be an attribute value,
+    e.g. pydicom's "Invalid value for VR DA: '...'") left out."""
+    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", text)
 
 
 @contextlib.contextmanager
@@ -381,8 +388,7 @@ def _decode(path: Path, ds: Dataset, photometric: str) -> np.ndarray:
         raise InputError(path, "not enough memory to decode the pixel data") from None
     except (ValueError, RuntimeError, KeyError, AttributeError, TypeError, IndexError, StopIteration,
             EOFError, OverflowError) as exc:
-        raise InputError(path, f"pixel data cannot be decoded ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:120]})") from exc
+        raise InputError(path, f"pixel data cannot be decoded ({type(exc).__name__}: {_reason(exc)})") from exc
     if photometric == "MONOCHROME1":
         pixels = pixels.max() - pixels if np.issubdtype(pixels.dtype, np.unsignedinteger) else -pixels
     if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
