@@ -19,10 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from usvlm.cli._common import expand_inputs, output_names, spacing_arg
+from usvlm.cli._common import (add_force_arg, device_arg, expand_inputs, output_names, probability_arg,
+                               spacing_arg)
 from usvlm.engine import Segmenter
 from usvlm.errors import InputError, OutputError, USVLMError
 from usvlm.io.atomic import atomic_output
+from usvlm.io.output_plan import OutputPlan
 
 from .distributed import DistInfo, distributed_context, gather_to_rank0, shard_items
 
@@ -81,8 +83,10 @@ def _segment_one(segmenter: Segmenter, path: Path, target: Path, prompts: Sequen
 def infer(model_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],
           prompts: Sequence[str], out_dir: str | os.PathLike[str], *, threshold: float | None = None,
           keep_largest: bool = True, spacing_mm: tuple[float, float] | None = None,
-          device: str = "auto", progress: bool = True) -> dict[str, Any]:
+          device: str = "auto", progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Segment `prompts` in every image of `inputs` (files, or folders of images) into `out_dir`.
+
+    Every output is checked before any work: never an input, never an existing file unless `force`.
 
     spacing_mm: (x, y) pixel spacing for images that carry none. Returns the merged summary on
     rank 0 (also written as OUT/summary.json) and this rank's part elsewhere.
@@ -103,6 +107,9 @@ def infer(model_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(out, "exists and is not a folder")
+    plan = OutputPlan(files, force=force)
+    for target in [*(out / name for name in names), out / SUMMARY_NAME]:
+        plan.claim(target)
     model_path = resolve_model(model_dir)
     with distributed_context(device) as info:
         out.mkdir(parents=True, exist_ok=True)  # every rank: on several machines each has its own
@@ -149,13 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="what to contour (repeat for several segments, in this order)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
+    p.add_argument("--threshold", type=probability_arg,
+                   help="probability threshold, 0-1 (default: the model's)")
     p.add_argument("--all-components", action="store_true",
                    help="keep every component (default: the largest)")
     p.add_argument("--spacing", type=spacing_arg, metavar="X,Y",
                    help="pixel spacing in mm for images without one")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda")
     p.add_argument("--no-progress", action="store_true")
+    add_force_arg(p)
     return p
 
 
@@ -164,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = infer(args.model, args.inputs, args.prompt, args.output, threshold=args.threshold,
                         keep_largest=not args.all_components, spacing_mm=args.spacing,
-                        device=args.device, progress=not args.no_progress)
+                        device=args.device, progress=not args.no_progress, force=args.force)
     except USVLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
