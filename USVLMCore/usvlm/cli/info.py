@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from usvlm.cli._common import spacing_arg
-from usvlm.errors import USVLMError
+from usvlm.cli._common import for_each, spacing_arg
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,15 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from usvlm.io.describe import describe_image, format_description
     from usvlm.io.readers import read_image
 
-    results, failed = [], 0
-    for path in args.files:
-        try:
-            results.append(describe_image(read_image(path, as_cine=args.cine, spacing_mm=args.spacing)))
-        except USVLMError as exc:
-            if len(args.files) == 1:
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
+    if len(args.files) == 1:  # one file: its error is the command's (one line, exit 2)
+        results = [describe_image(read_image(args.files[0], as_cine=args.cine, spacing_mm=args.spacing))]
+        failed = 0
+    else:
+        results = []
+        failed = for_each(args.files, lambda path: results.append(
+            describe_image(read_image(path, as_cine=args.cine, spacing_mm=args.spacing))))
     if args.json:
         print(json.dumps(results[0] if len(args.files) == 1 else results, indent=2))
     else:
