@@ -2,7 +2,9 @@
 
 Slicer saves a 2D image as a single-slice 3D volume; that is read as 2D. A volume with several
 slices is a cine only when asked (`as_cine=True`) or when it is a Slicer sequence (.seq.nrrd,
-4D with one singleton spatial axis); otherwise it is a 3D volume, which USVLM does not contour.
+4D with one singleton spatial axis); otherwise it is a 3D volume, which USVLM does not contour
+(refused from the header, before any pixel is read). A file whose header gives no pixel spacing
+is read as uncalibrated (sizes in pixels), never as a calibrated 1 mm.
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ import SimpleITK as sitk
 from usvlm.errors import InputError
 from usvlm.io.geometry import Geometry
 from usvlm.io.image import ImageInfo, USImage
+from usvlm.io.itk_data import check_data
+from usvlm.io.itk_header import read_header
 from usvlm.io.limits import check_frame_size, check_pixel_bytes, check_spacing
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
 
-def read_itk(path: str | Path, *, as_cine: bool = False) -> USImage:
+def read_itk(path: str | Path, *, as_cine: bool = False, spacing_given: bool = False) -> USImage:
+    """Read a NRRD / NIfTI / MetaImage file. The header is parsed and its data checked here first
+    (`usvlm.io.itk_header`, `usvlm.io.itk_data`); ITK is then told which reader to use, so it
+    never probes other formats. `spacing_given`: the caller overrides the spacing, so an
+    implausible one in the header is not refused."""
     path = Path(path)
+    facts = read_header(path)
+    problem = check_frame_size(facts.frame_size[1], facts.frame_size[0]) or check_pixel_bytes(facts.nbytes)
+    if problem:
+        raise InputError(path, problem)
+    check_data(path, facts)
     reader = sitk.ImageFileReader()
+    reader.SetImageIO(facts.image_io)
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
@@ -32,11 +46,7 @@ def read_itk(path: str | Path, *, as_cine: bool = False) -> USImage:
     components = reader.GetNumberOfComponents()
     itemsize = np.dtype(_numpy_dtype(reader)).itemsize
     _check_size(path, size, components, itemsize)
-    nbytes = int(np.prod(size, dtype=np.int64)) * components * itemsize
-    if path.name.lower().endswith(".nii"):
-        _check_nifti_data(path, nbytes)
-    elif path.name.lower().endswith(".nrrd"):
-        _check_nrrd_data(path, nbytes)
+    _check_shape(path, size, components, as_cine)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -47,9 +57,9 @@ def read_itk(path: str | Path, *, as_cine: bool = False) -> USImage:
     origin = list(image.GetOrigin())
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(image.GetDimension(), -1)
     dim = image.GetDimension()
+    del image  # the copy in `pixels` is all that is needed: do not hold the data twice
     if dim == 4:
-        pixels, spacing, origin, direction = _squeeze_sequence(path, pixels, spacing, origin, direction,
-                                                               components)
+        pixels, spacing, origin, direction = pixels[:, 0], spacing[:3], origin[:3], direction[:3, :3]
         dim, as_cine = 3, True
     if dim == 2:
         spacing, origin = spacing + [1.0], origin + [0.0]
@@ -57,28 +67,51 @@ def read_itk(path: str | Path, *, as_cine: bool = False) -> USImage:
         d3[:2, :2] = direction
         direction = d3
 
-    if components not in (1, 3):
-        raise InputError(path, f"{components} components per pixel; expected grey (1) or RGB (3)")
     is_rgb = components == 3
-    slices = 1 if dim == 2 else int(pixels.shape[0])
-    if dim == 3 and slices == 1:
+    if dim == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
-    elif dim == 3 and not as_cine:
-        raise InputError(path, f"a 3D volume of {slices} slices ({size[0]} x {size[1]} x {size[2]}), "
-                               "not a 2D ultrasound image; pass it as a cine if its slices are frames")
-    if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
+    if np.issubdtype(pixels.dtype, np.floating) and not _all_finite(pixels):
         raise InputError(path, "pixel data holds NaN or infinite values")
-    problem = check_spacing(spacing[:2])
-    if problem:
-        raise InputError(path, problem)
+    calibrated = facts.spacing is not None
+    warnings = []
+    if calibrated and not spacing_given:
+        problem = check_spacing(spacing[:2], "the image header")
+        if problem:
+            raise InputError(path, problem + " (give the spacing with --spacing to override)")
+    if not calibrated:
+        spacing[:2] = [1.0, 1.0]
+        warnings.append(f"no pixel spacing in the file ({facts.spacing_note}): sizes are in pixels, "
+                        "not calibrated (1 mm assumed)")
     try:
-        geometry = Geometry.from_lps(spacing, origin, direction)
+        geometry = Geometry.from_lps(spacing, origin, direction, calibrated=calibrated)
     except ValueError as exc:
         raise InputError(path, f"invalid geometry in header: {exc}") from exc
-    info = ImageInfo(path=str(path), format=_format_name(path), spacing_source="image_header",
-                     photometric="RGB" if is_rgb else "MONOCHROME2")
+    info = ImageInfo(path=str(path), format=_format_name(path),
+                     spacing_source="image_header" if calibrated else "none",
+                     photometric="RGB" if is_rgb else "MONOCHROME2", warnings=warnings)
     return USImage(pixels=np.ascontiguousarray(pixels), geometry=geometry, info=info, is_rgb=is_rgb,
                    is_cine=pixels.ndim == 3 + int(is_rgb))
+
+
+def _check_shape(path: Path, size: list[int], components: int, as_cine: bool) -> None:
+    """Refuse from the header what is not a 2D image or cine, before any pixel is read."""
+    if components not in (1, 3):
+        raise InputError(path, f"{components} components per pixel; expected grey (1) or RGB (3)")
+    dim = len(size)
+    if dim > 4:
+        raise InputError(path, f"a {dim}D image, not a 2D ultrasound image or cine")
+    if dim == 4 and size[2] != 1:
+        # A Slicer sequence of 2D frames is 4D with a singleton third axis.
+        raise InputError(path, "a sequence of 3D volumes, not of 2D ultrasound frames")
+    if dim == 3 and size[2] > 1 and not as_cine:
+        raise InputError(path, f"a 3D volume of {size[2]} slices ({size[0]} x {size[1]} x {size[2]}), "
+                               "not a 2D ultrasound image; pass it as a cine if its slices are frames")
+
+
+def _all_finite(pixels: np.ndarray) -> bool:
+    """np.isfinite frame by frame: a whole-array check would allocate a mask as large as the cine."""
+    frames = pixels.reshape(-1, *pixels.shape[-2:]) if pixels.ndim > 2 else pixels[np.newaxis]
+    return all(np.isfinite(frame).all() for frame in frames)
 
 
 def _numpy_dtype(reader: sitk.ImageFileReader) -> type:
@@ -99,67 +132,6 @@ def _check_size(path: Path, size: list[int], components: int, itemsize: int) -> 
     problem = check_pixel_bytes(voxels * components * itemsize)
     if problem:
         raise InputError(path, problem)
-
-
-# Deflate cannot expand data more than about 1032-fold.
-_MAX_DEFLATE_RATIO = 1032
-
-
-def _check_nrrd_data(path: Path, nbytes: int) -> None:
-    """ITK allocates (and zero-fills) what the header claims before it finds the data short: a
-    2,000-frame claim in a 4 KiB file would cost gigabytes. Refuse such claims from the file size."""
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-    end = head.find(b"\n\n")
-    if not head.startswith(b"NRRD") or end < 0:
-        return
-    fields = {}
-    for line in head[:end].decode("latin-1").splitlines()[1:]:
-        key, sep, value = line.partition(":")
-        if sep and not value.startswith("=") and not line.startswith("#"):
-            fields[key.strip().lower()] = value.strip().lower()
-    if fields.keys() & {"data file", "datafile", "line skip", "lineskip", "byte skip", "byteskip"}:
-        return
-    available = path.stat().st_size - (end + 2)
-    encoding = fields.get("encoding", "")
-    if encoding == "raw" and available < nbytes:
-        raise InputError(path, f"NRRD file holds {available} bytes of pixel data, its header claims {nbytes}")
-    if encoding in ("gzip", "gz") and available * _MAX_DEFLATE_RATIO < nbytes:
-        raise InputError(path, f"NRRD header claims {nbytes} bytes, more than {available} bytes of gzip "
-                               "data can hold")
-
-
-def _check_nifti_data(path: Path, nbytes: int) -> None:
-    """ITK's NIfTI reader fills missing voxel data and replaces NaN/Inf by 0 without an error; an
-    uncompressed .nii is checked here: all voxel bytes present and, for float data, finite."""
-    import struct
-
-    with open(path, "rb") as fh:
-        header = fh.read(348)
-    if len(header) < 348:
-        raise InputError(path, "NIfTI header is truncated")
-    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
-    datatype = struct.unpack(endian + "h", header[70:72])[0]
-    offset = int(struct.unpack(endian + "f", header[108:112])[0])
-    available = path.stat().st_size - offset
-    if available < nbytes:
-        raise InputError(path, f"NIfTI file holds {max(available, 0)} bytes of voxel data, its header "
-                               f"needs {nbytes}")
-    floats = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
-    if datatype in floats:
-        data = np.fromfile(path, dtype=endian + floats[datatype], count=nbytes // int(floats[datatype][1]),
-                           offset=offset)
-        if not np.all(np.isfinite(data)):
-            raise InputError(path, "pixel data holds NaN or infinite values")
-
-
-def _squeeze_sequence(path: Path, pixels: np.ndarray, spacing: list[float], origin: list[float],
-                      direction: np.ndarray, components: int):  # noqa: ANN202
-    """A Slicer sequence of 2D frames is 4D with a singleton spatial axis: drop that axis."""
-    # numpy order [T, K, J, I]; a sequence of 2D frames has K == 1.
-    if pixels.shape[1] != 1:
-        raise InputError(path, "a sequence of 3D volumes, not of 2D ultrasound frames")
-    return pixels[:, 0], spacing[:3], origin[:3], direction[:3, :3]
 
 
 def _format_name(path: Path) -> str:

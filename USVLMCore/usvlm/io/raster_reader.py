@@ -1,8 +1,10 @@
 """PNG / JPEG / BMP / TIFF reader (scikit-image). Such files carry no calibration: spacing is
-1 mm and flagged as uncalibrated unless the caller gives it."""
+1 mm and flagged as uncalibrated unless the caller gives it. The decoded size is checked from the
+codec's header (`usvlm.io.raster_header`) before any decoder runs."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -13,24 +15,37 @@ from usvlm.errors import InputError
 from usvlm.io.geometry import Geometry
 from usvlm.io.image import ImageInfo, USImage
 from usvlm.io.limits import check_frame_size, check_pixel_bytes
+from usvlm.io.raster_header import read_raster_header
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# Decompression-bomb guard: refuse before decoding when the header claims more than this.
-_MAX_PIXELS = 16384 * 16384
 
 
 def read_raster(path: str | Path) -> USImage:
     path = Path(path)
-    _check_header_size(path)
+    facts = read_raster_header(path)
+    problem = check_frame_size(facts.height, facts.width) or check_pixel_bytes(facts.decoded_bytes)
+    if problem:
+        raise InputError(path, problem)
+    if facts.colour_space == "CMYK":
+        # No faithful conversion to screen colours exists without the file's ICC profile, and
+        # scanners never write print colour spaces: the file was prepared for print.
+        raise InputError(path, f"CMYK {facts.format} (a print colour space) is not supported; save it "
+                               "as an RGB or greyscale image")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _decoder_size_limit(facts.width * facts.height):
             warnings.simplefilter("ignore")
+            _verify_png(path)
             pixels = np.asarray(skimage.io.imread(path))
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - imageio/PIL raise many types for corrupt files
         raise InputError(path, f"cannot decode image ({type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:120] if str(exc) else 'corrupt file'})") from exc
     if pixels.dtype == bool:
         pixels = pixels.astype(np.uint8) * 255
+    if facts.pages in (3, 4) and pixels.shape == (facts.height, facts.width, facts.pages):
+        # scikit-image moves a stack of 3 or 4 grey pages to the last axis, as if it were colour
+        pixels = np.moveaxis(pixels, -1, 0)
     is_cine = False
     if pixels.ndim == 3 and pixels.shape[-1] in (2, 4):
         pixels = _drop_opaque_alpha(path, pixels)
@@ -57,6 +72,20 @@ def read_raster(path: str | Path) -> USImage:
                    info=info, is_rgb=is_rgb, is_cine=is_cine)
 
 
+@contextlib.contextmanager
+def _decoder_size_limit(pixels: int):  # noqa: ANN202
+    """Pillow's own bomb guard refuses images above ~179 Mpx, below the documented 16384 x 16384;
+    the header has been checked against USVLM's limit, so Pillow's is set to this image's size."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(pixels, previous or 0)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def _drop_opaque_alpha(path: Path, pixels: np.ndarray) -> np.ndarray:
     """Screenshots often carry a fully opaque alpha channel; transparency means a composited
     graphic, not an ultrasound image, and is refused."""
@@ -67,29 +96,6 @@ def _drop_opaque_alpha(path: Path, pixels: np.ndarray) -> np.ndarray:
                                "or RGB ultrasound image")
     colour = pixels[..., :-1]
     return colour[..., 0] if colour.shape[-1] == 1 else colour
-
-
-def _check_header_size(path: Path) -> None:
-    """Read only the header (PIL is lazy) so a 20000 x 20000 claim is refused before decoding."""
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - PIL comes with scikit-image's imageio
-        return
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            frames = getattr(im, "n_frames", 1)
-    except Image.DecompressionBombError as exc:  # PIL refuses claims above 2 x MAX_IMAGE_PIXELS
-        raise InputError(path, f"image is too large ({str(exc).split(',')[0]})") from None
-    except Exception:  # noqa: BLE001 - let the full decoder produce the precise error
-        return
-    problem = check_frame_size(height, width)
-    if problem:
-        raise InputError(path, problem)
-    problem = check_pixel_bytes(width * height * frames * 3)
-    if problem or width * height > _MAX_PIXELS:
-        raise InputError(path, problem or f"image of {width} x {height} pixels is too large")
-    _verify_png(path)
 
 
 def _verify_png(path: Path) -> None:

@@ -8,28 +8,59 @@ from pathlib import Path
 from usvlm.errors import InputError
 from usvlm.io.limits import check_spacing
 from usvlm.io.image import USImage
+from usvlm.io.itk_header import sniff_itk_format
 from usvlm.io.itk_reader import ITK_SUFFIXES
 from usvlm.io.raster_reader import RASTER_SUFFIXES
 
 _MAGIC = {b"\x89PNG": "raster", b"\xff\xd8\xff": "raster", b"BM": "raster", b"II*\x00": "raster",
           b"MM\x00*": "raster", b"NRRD": "itk"}
 
+# Common formats USVLM does not read, recognised by their first bytes so the user is told what the
+# file is (instead of "not a DICOM file"). Checked after the supported magics.
+_UNSUPPORTED = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+                (b"\xffO\xffQ", "JPEG 2000"), (b"\xff\x0a", "JPEG XL"),
+                (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"),
+                (b"%PDF", "PDF"), (b"PK\x03\x04", "ZIP"), (b"8BPS", "Photoshop (PSD)"), (b"v/1\x01", "OpenEXR"), (b"\x89HDF\r\n\x1a\n", "HDF5"),
+                (b"DDS ", "DDS"), (b"#?RADIANCE", "Radiance HDR"), (b"\x1a\x45\xdf\xa3", "Matroska/WebM video"),
+                (b"BZh", "bzip2"), (b"7z\xbc\xaf\x27\x1c", "7-Zip"), (b"\xfd7zXZ\x00", "xz"))
+SUPPORTED = "DICOM, NRRD/NHDR, NIfTI (.nii, .nii.gz), MetaImage (.mha/.mhd), PNG, JPEG, BMP, TIFF"
+
 
 def detect_format(path: Path) -> str:
-    """'dicom', 'itk' or 'raster'; by magic bytes first, then by file name."""
+    """'dicom', 'itk' or 'raster'; by magic bytes first, then by file name. A file of a common
+    format USVLM does not read is refused here, by name ("unsupported format GIF")."""
     with open(path, "rb") as fh:
-        head = fh.read(132)
-    if len(head) == 132 and head[128:132] == b"DICM":
+        head = fh.read(4096)
+    if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
     for magic, kind in _MAGIC.items():
         if head.startswith(magic):
             return kind
     name = path.name.lower()
-    if name.endswith(ITK_SUFFIXES):
+    unsupported = _unsupported_format(head, name)
+    if unsupported:
+        raise InputError(path, f"unsupported format {unsupported}; USVLM reads {SUPPORTED}")
+    if sniff_itk_format(head) or name.endswith(ITK_SUFFIXES):
         return "itk"
     if name.endswith(RASTER_SUFFIXES):
         return "raster"
     return "dicom"  # DICOM without preamble, usually with no or any extension
+
+
+def _unsupported_format(head: bytes, name: str) -> str | None:
+    for magic, fmt in _UNSUPPORTED:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return "WebP" if head[8:12] == b"WEBP" else "AVI video"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "HEIF/AVIF" if brand in (b"heic", b"heix", b"mif1", b"avif", b"avis") else "MP4/QuickTime video"
+    if head.startswith(b"\x1f\x8b") and not name.endswith(".nii.gz"):
+        return "gzip (only .nii.gz is read compressed)"
+    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n":
+        return "PNM (PBM/PGM/PPM)"
+    return None
 
 
 def read_image(path: str | os.PathLike[str], *, as_cine: bool = False,
@@ -59,7 +90,7 @@ def read_image(path: str | os.PathLike[str], *, as_cine: bool = False,
         image = read_dicom(path)
     elif kind == "itk":
         from usvlm.io.itk_reader import read_itk
-        image = read_itk(path, as_cine=as_cine)
+        image = read_itk(path, as_cine=as_cine, spacing_given=spacing_mm is not None)
     else:
         from usvlm.io.raster_reader import read_raster
         image = read_raster(path)
