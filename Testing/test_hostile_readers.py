@@ -487,3 +487,19 @@ def test_png_of_the_largest_documented_side_is_not_refused_by_pillow(tmp_path):
     assert result["outcome"] == "READ", result
     # decoded 188 MiB: Pillow's buffer, numpy's copy and the interpreter
     assert result["peak_mib"] < 188 * 3 + 250, result
+
+
+# -- .seg.nrrd (read by slicerio / pynrrd, which also follow detached data files) --------------------
+
+def test_seg_nrrd_data_file_outside_the_folder_is_refused(layout):
+    from usvlm.io import read_seg_nrrd
+
+    case, secret = layout["case"], layout["secret"]
+    fields = ("NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 48 32 1\nencoding: raw\n"
+              "Segment0_ID:=Segment_1\nSegment0_Name:=x\nSegment0_LabelValue:=1\nSegment0_Layer:=0\n")
+    (case / "evil.seg.nhdr").write_text(fields + f"data file: {secret}\n", encoding="ascii")
+    with pytest.raises(InputError, match=OUTSIDE):
+        read_seg_nrrd(case / "evil.seg.nhdr")
+    (case / "mask.raw").write_bytes((pixels() > 100).astype(np.uint8).tobytes())
+    (case / "ok.seg.nhdr").write_text(fields + "data file: mask.raw\n", encoding="ascii")
+    assert read_seg_nrrd(case / "ok.seg.nhdr").segments[0].mask.sum() == (pixels() > 100).sum()

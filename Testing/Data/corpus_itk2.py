@@ -66,6 +66,11 @@ def make(out: Path, entry: Callable[..., None]) -> None:
           "ElementDataFile = /etc/passwd"], b"",
          ".mha (normally attached) naming /etc/passwd as its data file", _OUTSIDE)
 
+    seg = ["type: unsigned char", "dimension: 3", "sizes: 16 16 1", "encoding: raw", "Segment0_ID:=Segment_1",
+           "Segment0_Name:=x", "Segment0_LabelValue:=1", "Segment0_Layer:=0"]
+    write("itk2_seg_data_file_absolute.seg.nrrd", _nrrd(seg + ["data file: /etc/passwd"]), "seg",
+          ".seg.nrrd whose data file is /etc/passwd", _OUTSIDE)
+
     # -- lying sizes (item 4) ----------------------------------------------------------------------
     nrrd("itk2_nrrd_ascii_claims_4000x4000.nrrd", ["type: uint8", "dimension: 2", "sizes: 4000 4000",
                                                    "encoding: ascii"], b"1 2 3\n",

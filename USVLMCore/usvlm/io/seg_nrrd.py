@@ -18,6 +18,9 @@ from usvlm.errors import InputError
 from usvlm.io import nrrd_names
 from usvlm.io.atomic import atomic_output
 from usvlm.io.geometry import LPS_TO_RAS, Geometry
+from usvlm.io.itk_data import check_data
+from usvlm.io.itk_header import read_header
+from usvlm.io.limits import check_pixel_bytes
 from usvlm.io.segmentation import DEFAULT_COLOR, Segment, SegmentationResult, mask_shape
 from usvlm.text.terminology import DEFAULT_TERMINOLOGY, Terminology
 
@@ -54,6 +57,7 @@ def read_seg_nrrd(path: str | os.PathLike[str]) -> SegmentationResult:
         raise InputError(path, "file not found")
     if Path(path).stat().st_size == 0:
         raise InputError(path, "file is empty (0 bytes)")
+    _check_header(Path(path))
     try:
         # slicerio and pynrrd raise many types for damaged files (StopIteration, zlib.error,
         # ImportError for NIfTI without nibabel, ...): any of them means an unusable file.
@@ -91,6 +95,19 @@ def read_seg_nrrd(path: str | os.PathLike[str]) -> SegmentationResult:
             raise InputError(path, f"segment {info.get('id', '?')!r} cannot be read "
                                    f"({_reason(exc)})") from exc
     return SegmentationResult(segments=segments, geometry=geometry)
+
+
+def _check_header(path: Path) -> None:
+    """pynrrd follows a detached data file anywhere and allocates what the header claims: the
+    header and its data are checked as for images first (same folder, regular file, size)."""
+    with open(path, "rb") as fh:
+        if not fh.read(8).startswith(b"NRRD000"):
+            return  # not NRRD: slicerio gives the error
+    facts = read_header(path)
+    problem = check_pixel_bytes(facts.nbytes)
+    if problem:
+        raise InputError(path, problem)
+    check_data(path, facts)
 
 
 def _reason(exc: BaseException) -> str:
