@@ -123,6 +123,14 @@ def make_seeds(folder: Path = SEEDS) -> list[Path]:
                           "Segment0_Layer:=0", "Segment0_Color:=1 0 0",
                           "Segment1_ID:=Segment_2", "Segment1_Name:=cyst", "Segment1_LabelValue:=2",
                           "Segment1_Layer:=0", "Segment1_Color:=0 1 0"], labels.tobytes())
+    # The second hardening round's corpus modules add seeds of the encodings they guard.
+    import importlib
+
+    sys.path.insert(0, str(HERE.parent / "Data"))
+    for module in ("corpus_dicom2", "corpus_itk2", "corpus_models2"):
+        make = getattr(importlib.import_module(module), "make_seeds", None)
+        if make is not None:
+            make(folder)
     return sorted(folder.iterdir())
 
 

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.seg.nrrd", help="segmentation to write")
     p.add_argument("--dicom-seg", metavar="OUT.dcm", help="also write a DICOM SEG (DICOM reference only)")
     p.add_argument("--deidentify", action="store_true",
-                   help="DICOM SEG without patient and study attributes (UID references kept)")
+                   help="DICOM SEG de-identified by the DICOM PS3.15 Basic Application Level "
+                        "Confidentiality Profile (UIDs kept to reference the source)")
     add_force_arg(p)
     return p
 

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_force_arg(p)
     p.add_argument("--dicom-seg", action="store_true", help="also write DICOM SEG (DICOM inputs)")
     p.add_argument("--deidentify", action="store_true",
-                   help="DICOM SEG without patient and study attributes (UID references kept)")
+                   help="DICOM SEG de-identified by the DICOM PS3.15 Basic Application Level "
+                        "Confidentiality Profile (UIDs kept to reference the source)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG overlay")
     p.add_argument("--json", action="store_true",
                    help="also write measurements and classification as JSON beside each result")
