@@ -174,7 +174,7 @@ def test_schema_is_draft_2020_12() -> None:
      r"preprocessing\.color: 'cmyk' is not one of"),
     (lambda m: m.pop("class_names"), r"'class_names' is a required property"),
     (lambda m: m.update(threshold=0.5), r"Additional properties are not allowed \('threshold'"),
-    (lambda m: m.update(temperature=0), r"temperature: 0 is less than the minimum of 0\.01"),
+    (lambda m: m.update(temperature=0), r"temperature: 0 is less than the minimum of 1e-06"),
     (lambda m: m.update(temperature=1e-300), r"temperature: 1e-300 is less than the minimum"),
     (lambda m: m["files"]["model.safetensors"].update(sha256="xyz"),
      r"files\.model\.safetensors\.sha256"),

@@ -100,8 +100,9 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
         },
-        # Divides logits: a tiny one overflows the softmax to NaN; fitted values lie near 1.
-        "temperature": {"type": "number", "minimum": 0.01, "maximum": 100},
+        # Divides logits: a tiny one (1e-300) overflows them to inf and the softmax to NaN. A large
+        # one only flattens the probabilities (a toy fit can give 1e6); NaN / Infinity are not JSON.
+        "temperature": {"type": "number", "minimum": 1e-6},
         "provenance": {
             "type": "object",
             "properties": {
