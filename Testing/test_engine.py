@@ -15,6 +15,7 @@ from usvlm.errors import InputError
 from usvlm.io import read_image
 from usvlm.io.image import USImage
 from usvlm.model.errors import CheckpointError
+from usvlm.model.manifest import write_manifest
 from usvlm.model.vlm import load_model
 from usvlm.postprocess import PostprocessOptions
 
@@ -177,7 +178,7 @@ def test_tampered_weights_wrong_shapes_and_missing_files(tmp_path):
     wrong = save_tiny_model(tmp_path / "wrong")
     manifest = json.loads((wrong / "manifest.json").read_text())
     manifest["heads"]["segmentation"]["width"] = 48
-    (wrong / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(wrong / "manifest.json", manifest)  # a restamped edit: the shapes are checked
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(wrong)
     with pytest.raises(CheckpointError, match="not a USVLM model directory"):
@@ -216,6 +217,6 @@ def test_text_encoder_weights_are_verified_by_sha256(tmp_path):
     assert len(manifest["backbone"]["text_weights_sha256"]) == 64
     assert load_model(path).backbone.text_weights_path.name == "model.safetensors"
     manifest["backbone"]["text_weights_sha256"] = "0" * 64  # as if trained with another encoder
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(path / "manifest.json", manifest)
     with pytest.raises(CheckpointError, match="text encoder weights differ"):
         load_model(path)

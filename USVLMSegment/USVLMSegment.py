@@ -318,11 +318,11 @@ class USVLMSegmentLogic(ScriptedLoadableModuleLogic):
         return [(manifest.get("name", path.name), path) for path, manifest in installed_models()]
 
     def modelSummary(self, modelDir):
+        from usvlm.model.manifest import read_manifest
         from usvlm.model.registry import resolve_model
         from usvlm.session import model_summary
-        import json
-        try:
-            manifest = json.loads((resolve_model(modelDir) / "manifest.json").read_text(encoding="utf-8"))
+        try:  # bounded, regular file only, validated (never json.loads on whatever is there)
+            manifest = read_manifest(resolve_model(modelDir) / "manifest.json")
         except Exception as exc:
             return f"Cannot read the model manifest: {exc}"
         return model_summary(manifest)

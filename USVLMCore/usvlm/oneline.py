@@ -28,3 +28,12 @@ def one_line_problem(text: str) -> str | None:
         if c in _BIDI_CONTROLS:
             return f"contains a bidirectional override (U+{ord(c):04X})"
     return None
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """`text` safe to print on a terminal: control and other non-printable characters escaped
+    (ESC as \\x1b, a line break as \\n), so a hostile file or model name cannot drive the terminal
+    or forge output lines; cut to `limit` characters (None: whole)."""
+    out = "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                  for c in str(text))
+    return out if limit is None or len(out) <= limit else out[:limit] + "..."

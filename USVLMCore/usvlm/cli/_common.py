@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from usvlm.errors import InputError, USVLMError
+from usvlm.oneline import printable
 from usvlm.io.raster_reader import RASTER_SUFFIXES
 from usvlm.io.itk_reader import ITK_SUFFIXES
 
@@ -120,12 +121,6 @@ def output_names(inputs: Sequence[Path]) -> list[str]:
         raise InputError(clashing[0], f"inputs share an output name ({', '.join(clashing[:4])}); "
                                       "write them into different output folders")
     return [f"{s}.seg.nrrd" for s in stems]
-
-
-def printable(text: str) -> str:
-    """`text` with control characters (terminal escapes, line breaks) shown as escapes, so a
-    hostile file or model name cannot drive the terminal or forge extra output lines."""
-    return "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in text)
 
 
 def report_error(exc: BaseException, source: object = None) -> None:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from usvlm.oneline import printable as _printable
 from usvlm.errors import USVLMError
 from usvlm.model.errors import CheckpointError
 from usvlm.model.manifest import MANIFEST_NAME, read_bounded_file
@@ -24,11 +25,9 @@ MAX_NAME_CHARS = 200
 
 
 def printable(text: object, limit: int | None = MAX_NAME_CHARS) -> str:
-    """`text` safe to print on a terminal: control and other non-printable characters escaped
-    (ESC as \\x1b), cut to `limit` characters (None: whole)."""
-    s = str(text)
-    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
-    return out if limit is None or len(out) <= limit else out[:limit] + "..."
+    """`text` safe to print (see `usvlm.oneline.printable`), cut to a model name's length."""
+    return _printable(text, limit)
+
 
 DEFAULT_MODEL_NAME = "usvlm-default"
 
