@@ -273,6 +273,9 @@ def test_hf_backend_bad_folders(tmp_path):
     with pytest.raises(InputError, match="no config.json"):
         HFBackend(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(InputError, match="no model.safetensors"):
+        HFBackend(tmp_path).complete([{"role": "user", "content": "x"}])
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="cannot load a causal language model"):
         HFBackend(tmp_path).complete([{"role": "user", "content": "x"}])
 
@@ -342,12 +345,16 @@ def test_cli_batch_resumes_after_interruption(tmp_path, monkeypatch, capsys):
     assert all(r["refined"] and r["backend"] == "bank" and r["fallback"] is None
                for r in records.values())
     assert not partial.exists()
-    # Adding captions later refines only the new ones.
+    # A finished output is never appended to: a rerun is refused unless --force replaces it.
     with open(source, "a") as f:
         f.write(json.dumps({"id": "d", "text": "cyst", "organ": "breast"}) + "\n")
+    before = output.read_bytes()
     calls.clear()
-    assert main(args) == 0 and calls == ["cyst"]
-    assert len(output.read_text().splitlines()) == 6
+    assert main(args) == 2 and calls == [] and output.read_bytes() == before
+    assert "exists; give --force" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0 and len(calls) == 6
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == \
+        ["a", "b", "c", "p7/0", "p7/1", "d"]
 
 
 def test_cli_batch_with_http_backend_and_bad_input(server, tmp_path, capsys):

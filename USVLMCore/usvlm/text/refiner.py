@@ -15,42 +15,37 @@ non-JSON reply) the refiner warns and falls back to the bank, unless told not to
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import re
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from usvlm.errors import InputError, USVLMError
+from usvlm.errors import InputError
 from usvlm.text.banks import Bank, BankSet, Structure, default_banks, normalize, unique_texts, \
     word_spans
+from usvlm.text.hf_backend import HFBackend
+from usvlm.text.http_backend import ENV_API_KEY, ENV_MODEL, ENV_TIMEOUT, ENV_URL, HTTPBackend
+from usvlm.text.llm_reply import DEFAULT_COUNT, RefinerError, loads, parse_descriptions, \
+    usable_texts
 from usvlm.text.prompt import validate_prompt
 from usvlm.text.resolve import PromptResolver
+
+__all__ = ["BACKENDS", "ENV_API_KEY", "ENV_CACHE_DIR", "ENV_MODEL", "ENV_MODEL_DIR", "ENV_TIMEOUT",
+           "ENV_URL", "STYLES", "TEMPLATE_VERSION", "BankBackend", "HFBackend", "HTTPBackend",
+           "LLMBackend", "Refinement", "Refiner", "RefinerCache", "RefinerError",
+           "RefinerFallbackWarning", "Request", "build_messages", "cache_key", "default_cache_path",
+           "make_backend", "parse_descriptions", "refine"]
 
 TEMPLATE_VERSION = "1"  # bump when the LLM messages change: old cache entries stop matching
 STYLES = ("label", "caption")
 BACKENDS = ("bank", "http", "hf")
-DEFAULT_COUNT = 8
-
-ENV_URL = "USVLM_LLM_URL"
-ENV_MODEL = "USVLM_LLM_MODEL"
-ENV_API_KEY = "USVLM_LLM_API_KEY"
-ENV_TIMEOUT = "USVLM_LLM_TIMEOUT"
 ENV_MODEL_DIR = "USVLM_LLM_DIR"
 ENV_CACHE_DIR = "USVLM_CACHE_DIR"
-
-RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-class RefinerError(USVLMError):
-    """A language model backend gave no usable answer."""
+# The cache is the user's file too (--cache): read it only when it is a regular file of sane size.
+MAX_CACHE_BYTES = 256 * 2**20
 
 
 class RefinerFallbackWarning(UserWarning):
@@ -96,49 +91,6 @@ def build_messages(request: Request) -> list[dict[str, str]]:
         task = (f"Label: {request.text}\nWrite {request.count} different one-sentence "
                 "descriptions of how this finding looks on ultrasound, each under 30 words.")
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": head + task}]
-
-
-def _snippet(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
-
-
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
-
-
-def parse_descriptions(reply: str, count: int = DEFAULT_COUNT) -> list[str]:
-    """An LLM reply -> up to `count` descriptions; RefinerError if it holds none.
-
-    Accepts a JSON array of strings, optionally in a ``` fence, with chatter around it, or a JSON
-    object whose only value is such an array. Items that are not usable prompts are dropped.
-    """
-    if not isinstance(reply, str) or not reply.strip():
-        raise RefinerError("the reply is empty")
-    text = _FENCE.sub("", reply.strip())
-    try:
-        data = json.loads(text)
-    except ValueError:
-        start, end = text.find("["), text.rfind("]")
-        try:
-            data = json.loads(text[start:end + 1]) if 0 <= start < end else None
-        except ValueError:
-            data = None
-        if data is None:
-            raise RefinerError(f"the reply is not a JSON list: {_snippet(reply)}") from None
-    if isinstance(data, dict) and len(data) == 1:
-        data = next(iter(data.values()))
-    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
-        raise RefinerError(f"the reply is not a JSON list of strings: {_snippet(reply)}")
-    usable = []
-    for item in data:
-        try:
-            usable.append(validate_prompt(item))
-        except InputError:
-            continue
-    texts = unique_texts(usable)[:count]
-    if not texts:
-        raise RefinerError(f"the reply has no usable descriptions: {_snippet(reply)}")
-    return texts
 
 
 # -- Backends ------------------------------------------------------------------------------------
@@ -205,149 +157,6 @@ def _article(phrase: str) -> str:
     return ("an " if first[0] in "aeiou" else "a ") + phrase
 
 
-class HTTPBackend:
-    """An OpenAI-compatible chat-completions endpoint (POST {url}/chat/completions)."""
-
-    name = "http"
-
-    def __init__(self, url: str, model: str = "default", api_key: str | None = None,
-                 timeout: float = 30.0, retries: int = 2, backoff: float = 0.5,
-                 max_tokens: int = 600) -> None:
-        parsed = urllib.parse.urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise InputError(url, "the LLM URL must be http:// or https://host[:port][/path]")
-        if timeout <= 0 or retries < 0:
-            raise InputError(None, f"timeout must be > 0 and retries >= 0, got {timeout}, "
-                                   f"{retries}")
-        path = parsed.path.rstrip("/")
-        self.endpoint = url.rstrip("/") if path.endswith("/chat/completions") else \
-            url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self._api_key = api_key
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.max_tokens = max_tokens
-
-    @classmethod
-    def from_env(cls, url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 timeout: float | None = None, retries: int | None = None) -> "HTTPBackend":
-        """Settings given here win over $USVLM_LLM_URL, _MODEL, _API_KEY and _TIMEOUT."""
-        url = url or os.environ.get(ENV_URL)
-        if not url:
-            raise InputError(None, "the http refiner needs the endpoint URL (--url or "
-                                   f"${ENV_URL}), e.g. http://127.0.0.1:8080/v1")
-        if timeout is None and os.environ.get(ENV_TIMEOUT):
-            try:
-                timeout = float(os.environ[ENV_TIMEOUT])
-            except ValueError:
-                raise InputError(None, f"${ENV_TIMEOUT} is not a number of seconds") from None
-        options: dict[str, Any] = {"timeout": timeout, "retries": retries}
-        return cls(url, model or os.environ.get(ENV_MODEL) or "default",
-                   api_key or os.environ.get(ENV_API_KEY) or None,
-                   **{k: v for k, v in options.items() if v is not None})
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_tokens, "stream": False}).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            request = urllib.request.Request(self.endpoint, data=body, headers=headers,
-                                             method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return self._content(response.read())
-            except urllib.error.HTTPError as exc:
-                reason = f"HTTP {exc.code} {exc.reason}"
-                if exc.code not in RETRY_STATUS:
-                    raise RefinerError(f"{self.endpoint}: {reason}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as exc:
-                cause = getattr(exc, "reason", exc)
-                reason = f"timed out after {self.timeout:g} s" if isinstance(cause, TimeoutError) \
-                    else f"{type(cause).__name__}: {cause}"
-            if attempt + 1 < attempts:
-                time.sleep(self.backoff * 2 ** attempt)
-        raise RefinerError(f"{self.endpoint}: no answer after {attempts} attempt"
-                           f"{'s' if attempts > 1 else ''} ({reason})")
-
-    def _content(self, raw: bytes) -> str:
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise RefinerError(f"{self.endpoint}: the response is not JSON: "
-                               f"{_snippet(raw.decode('utf-8', 'replace'))}") from None
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise RefinerError(f"{self.endpoint}: the response has no choices[0].message.content: "
-                               f"{_snippet(json.dumps(data))}") from None
-        if not isinstance(content, str) or not content.strip():
-            raise RefinerError(f"{self.endpoint}: the reply is empty")
-        return content
-
-
-class HFBackend:
-    """A local Hugging Face causal LM folder (config, weights, tokenizer), greedy decoding."""
-
-    name = "hf"
-
-    def __init__(self, model_dir: str | os.PathLike[str], max_new_tokens: int = 400,
-                 device: str = "cpu") -> None:
-        path = Path(model_dir)
-        if not path.is_dir():
-            raise InputError(path, "the hf refiner needs a local model folder (config.json, "
-                                   "weights, tokenizer files)")
-        if not (path / "config.json").is_file():
-            raise InputError(path, "no config.json: not a Hugging Face model folder")
-        self.path = path.resolve()
-        self.model = str(self.path)
-        self.max_new_tokens, self.device = max_new_tokens, device
-        self._loaded: tuple[Any, Any] | None = None
-
-    def _load(self) -> tuple[Any, Any]:
-        if self._loaded is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True)
-            except (OSError, ValueError, KeyError) as exc:
-                first_line = str(exc).splitlines()[0] if str(exc) else repr(exc)
-                raise InputError(self.path, f"cannot load a causal language model: {first_line}"
-                                 ) from None
-            self._loaded = (tokenizer, model.to(self.device).eval())
-        return self._loaded
-
-    def _prompt(self, tokenizer: Any, messages: list[dict[str, str]]) -> str:
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                 tokenize=False)
-        return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + \
-            "\n\nAssistant:"
-
-    def complete(self, messages: list[dict[str, str]]) -> str:
-        import torch
-
-        tokenizer, model = self._load()
-        encoded = tokenizer(self._prompt(tokenizer, messages), return_tensors="pt")
-        ids = encoded["input_ids"].to(self.device)
-        mask = encoded.get("attention_mask")
-        eos = tokenizer.eos_token_id
-        eos = tokenizer.sep_token_id if eos is None else eos  # BERT-style tokenizers
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        try:
-            with torch.inference_mode():
-                out = model.generate(input_ids=ids, attention_mask=None if mask is None else
-                                     mask.to(self.device), max_new_tokens=self.max_new_tokens,
-                                     do_sample=False, pad_token_id=pad, eos_token_id=eos)
-        except Exception as exc:  # any model failure is the backend's failure: fall back
-            raise RefinerError(f"{self.path}: generation failed: {type(exc).__name__}: {exc}"
-                               ) from None
-        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
 # -- Cache ---------------------------------------------------------------------------------------
 
 def default_cache_path() -> Path:
@@ -365,23 +174,53 @@ def cache_key(request: Request, backend: str, model: str) -> str:
 
 
 class RefinerCache:
-    """Append-only JSONL of refined outputs; each line is fsynced, a torn last line is skipped."""
+    """Append-only JSONL of refined outputs; each line is fsynced, a torn last line is skipped.
+
+    A cache that is not a regular file (a FIFO, a device, a folder) or is absurdly large is not
+    used (a warning says why): reading it could hang or exhaust memory. Lines that are not records
+    of usable prompts (torn, edited, nested too deeply) are skipped."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._entries: dict[str, list[str]] | None = None
+        self._unusable: str | None = None
+
+    def _check(self) -> bool:
+        """Whether the cache file may be read and appended to (warns once when not)."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            problem = f"cannot read it: {exc.strerror}"
+        else:
+            if not stat.S_ISREG(info.st_mode):
+                problem = "not a regular file"
+            elif info.st_size > MAX_CACHE_BYTES:
+                problem = f"{info.st_size} bytes, more than {MAX_CACHE_BYTES}"
+            else:
+                return True
+        if self._unusable is None:
+            self._unusable = problem
+            warnings.warn(f"refiner cache {self.path}: {problem}; not used", stacklevel=3)
+        return False
 
     def _load(self) -> dict[str, list[str]]:
         if self._entries is None:
             self._entries = {}
-            if self.path.is_file():
+            if self._check() and self.path.is_file():
                 with open(self.path, encoding="utf-8", errors="replace") as f:
                     for line in f:
                         try:
-                            record = json.loads(line)
-                            self._entries[record["key"]] = list(record["outputs"])
+                            record = loads(line)
+                            key, outputs = record["key"], record["outputs"]
                         except (ValueError, KeyError, TypeError):
                             continue  # a line torn by a crash
+                        if isinstance(key, str) and isinstance(outputs, list) and \
+                                all(isinstance(o, str) for o in outputs):
+                            texts = usable_texts(outputs, len(outputs))
+                            if texts:
+                                self._entries[key] = texts
         return self._entries
 
     def get(self, key: str) -> list[str] | None:
@@ -389,9 +228,15 @@ class RefinerCache:
 
     def put(self, key: str, outputs: list[str], **fields: Any) -> None:
         self._load()[key] = list(outputs)
+        if not self._check():
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a+b") as f:
+            # O_NONBLOCK: a FIFO put there since the check fails instead of blocking the open.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666)
+            with open(fd, "a+b") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError("not a regular file")
                 # A torn line from an earlier crash must not swallow this record.
                 f.seek(0, os.SEEK_END)
                 if f.tell():
@@ -405,7 +250,8 @@ class RefinerCache:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
-            warnings.warn(f"cannot write the refiner cache {self.path}: {exc}", stacklevel=2)
+            warnings.warn(f"cannot write the refiner cache {self.path}: "
+                          f"{exc.strerror or exc}", stacklevel=2)
 
 
 # -- The refiner ---------------------------------------------------------------------------------
@@ -465,14 +311,15 @@ class Refiner:
         key = cache_key(request, backend.name, backend.model)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
-            return Refinement(hit, backend.name, backend.model, cached=True)
+            return Refinement(hit[:request.count], backend.name, backend.model, cached=True)
         try:
             reply = backend.complete(build_messages(request))
             try:
                 texts = parse_descriptions(reply, request.count)
             except RefinerError as exc:  # name the endpoint or model folder that said it
                 where = getattr(backend, "endpoint", backend.model)
-                raise RefinerError(f"{where}: {exc}") from None
+                redact = getattr(backend, "redact", str)  # a server may echo the key back
+                raise RefinerError(redact(f"{where}: {exc}")) from None
         except RefinerError as exc:
             if not self.fallback:
                 raise
