@@ -364,3 +364,23 @@ def test_phantom_overwrite_replaces_only_a_phantom_data_set(tmp_path, capsys):
     assert main(["phantom", "--out", str(data), "--count", "1", "--no-progress"]) == 0
     assert main(["phantom", "--out", str(data), "--count", "2", "--overwrite", "--no-progress"]) == 0
     assert len((data / "samples.jsonl").read_text().splitlines()) == 2
+
+
+# -- A model folder saved before manifests had checksums -------------------------------------------
+
+def test_models_trust_signs_off_a_checked_folder_only(tmp_path, model_dir, capsys):
+    from usvlm.model.vlm import load_model
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(model_dir, legacy)
+    (legacy / "manifest.sha256").unlink()
+    assert main(["models", "--trust", str(legacy)]) == 0, capsys.readouterr().err
+    load_model(legacy)  # loads again
+    tampered = tmp_path / "tampered"
+    shutil.copytree(model_dir, tampered)
+    (tampered / "manifest.sha256").unlink()
+    weights = bytearray((tampered / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(weights))
+    _refused(capsys, ["models", "--trust", str(tampered)], tmp_path, "model.safetensors")
+    assert not (tampered / "manifest.sha256").exists()
