@@ -503,3 +503,66 @@ def test_seg_nrrd_data_file_outside_the_folder_is_refused(layout):
     (case / "mask.raw").write_bytes((pixels() > 100).astype(np.uint8).tobytes())
     (case / "ok.seg.nhdr").write_text(fields + "data file: mask.raw\n", encoding="ascii")
     assert read_seg_nrrd(case / "ok.seg.nhdr").segments[0].mask.sum() == (pixels() > 100).sum()
+
+
+# -- item 4: memory of legitimate large inputs ------------------------------------------------------
+
+_PIPELINE_IN_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    from usvlm.io import read_image
+    from usvlm.io.describe import describe_image
+    from usvlm.preprocess import prepare
+    image = read_image(sys.argv[2], as_cine=True)
+    decoded = image.pixels.nbytes / 1024**2
+    if sys.argv[1] == "info":
+        describe_image(image)
+    else:
+        prepare(image, 224)
+    peak = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+    print(json.dumps({"decoded_mib": decoded, "peak_mib": peak}))
+""")
+
+
+def _pipeline_peak(mode: str, path: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PIPELINE_IN_CHILD, mode, str(path), str(6 * 1024**3)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _scan(rows: int, columns: int, shift: int = 0) -> np.ndarray:
+    y, x = np.mgrid[0:rows, 0:columns]
+    frame = ((x * 7 + y * 3 + shift) % 200).astype(np.uint8)
+    frame[(y - rows // 2) ** 2 + (x - columns // 2) ** 2 < (min(rows, columns) // 4) ** 2] = 240
+    frame[: rows // 10] = 0
+    return frame
+
+
+def test_large_image_info_memory_is_a_small_multiple_of_its_pixels(tmp_path):
+    """`usvlm info` of an 8192 x 8192 PNG (64 MiB decoded): the field-of-view estimate works on
+    float32 (4 bytes a pixel) and needs about three such arrays at once; measured ~13x the decoded
+    size (a 16384 x 16384 PNG: 3.5 GB, down from 6.3 GB and 49 s)."""
+    from PIL import Image
+
+    path = tmp_path / "large.png"
+    Image.fromarray(_scan(8192, 8192)).save(path, compress_level=1)
+    result = _pipeline_peak("info", path)
+    assert result["decoded_mib"] == 64
+    assert result["peak_mib"] < 250 + 16 * result["decoded_mib"], result
+
+
+def test_gzip_cine_preprocessing_memory_is_a_small_multiple_of_its_pixels(tmp_path):
+    """read_image + prepare of a gzip NRRD cine (32 frames of 512 x 1024, 16 MiB decoded):
+    measured ~12x the decoded size (float32 frames, the overlay fill and the model input)."""
+    import SimpleITK as sitk
+
+    cine = np.stack([_scan(512, 1024, t) for t in range(32)])
+    image = sitk.GetImageFromArray(cine)
+    image.SetSpacing((0.2, 0.2, 1.0))
+    path = tmp_path / "cine.nrrd"
+    sitk.WriteImage(image, str(path), useCompression=True)
+    result = _pipeline_peak("prepare", path)
+    assert result["decoded_mib"] == 16
+    assert result["peak_mib"] < 250 + 16 * result["decoded_mib"], result

@@ -53,7 +53,8 @@ def full_scale(pixels: np.ndarray) -> float:
 def to_unit_float(pixels: np.ndarray, scale: float | None = None) -> np.ndarray:
     """float32 intensities in [0, 1] (negative values, which B-mode does not have, clip to 0)."""
     scale = full_scale(pixels) if scale is None else scale
-    out = pixels.astype(np.float32) / np.float32(scale if scale > 0 else 1.0)
+    out = pixels.astype(np.float32)  # the one copy: scaled and clipped in place
+    out /= np.float32(scale if scale > 0 else 1.0)
     return np.clip(out, 0.0, 1.0, out=out)
 
 

@@ -103,9 +103,9 @@ def search_region(image: USImage) -> Box | None:
 def field_of_view_from_frames(grey: np.ndarray, region: Box | None = None) -> FieldOfView:
     """The scan area from grey float frames (T, H, W) or one frame (H, W), inside `region`."""
     # The temporal maximum lights up tissue that is dark in some frames (heart chambers, shadows).
-    summary = grey if grey.ndim == 2 else grey.max(axis=0)
+    summary = grey if grey.ndim == 2 else grey[0] if len(grey) == 1 else grey.max(axis=0)
     # Annotations stay still while the tissue of a cine changes from frame to frame.
-    moving = grey.std(axis=0) > _STILL_STD if grey.ndim == 3 and len(grey) >= 3 else None
+    moving = _moving(grey) if grey.ndim == 3 and len(grey) >= 3 else None
     shape = summary.shape
     bound = region if region is not None else (0, 0, shape[1] - 1, shape[0] - 1)
     fallback = FieldOfView("rectangle", bound, box_mask(bound, shape),
@@ -129,6 +129,16 @@ def field_of_view_from_frames(grey: np.ndarray, region: Box | None = None) -> Fi
                        region)
 
 
+def _moving(grey: np.ndarray) -> np.ndarray:
+    """(H, W): pixels whose standard deviation over the frames exceeds `_STILL_STD`, computed in
+    bands of rows (std over a whole cine makes a temporary as large as the cine)."""
+    moving = np.empty(grey.shape[1:], dtype=bool)
+    step = max(1, (1 << 22) // max(grey.shape[0] * grey.shape[2], 1))
+    for start in range(0, grey.shape[1], step):
+        moving[start:start + step] = grey[:, start:start + step].std(axis=0) > _STILL_STD
+    return moving
+
+
 def scan_area(summary: np.ndarray, bound: Box, moving: np.ndarray | None = None) -> np.ndarray | None:
     """(H, W) mask of the connected, hole-free speckle area inside `bound`, or None.
 
@@ -149,19 +159,46 @@ def scan_area(summary: np.ndarray, bound: Box, moving: np.ndarray | None = None)
             content = live
     # A windowed majority vote fills dark speckle inside and removes thin strokes (text, ticks).
     window = max(5, (min(sub.shape) // 40) | 1)
-    voted = ndimage.uniform_filter(content.astype(np.float32), window, mode="constant") > _CONTENT_FRACTION
+    # (a uint8 view of the mask, not a float copy of it: the output is the only float array)
+    voted = ndimage.uniform_filter(content.view(np.uint8), window, output=np.float32,
+                                   mode="constant") > _CONTENT_FRACTION
     labels, count = ndimage.label(voted)
+    del voted  # large frames: free each full-size temporary as soon as it is used
     if count == 0:
         return None
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = _label_sizes(labels, count)[1:]
     biggest = int(np.argmax(sizes))
     if sizes[biggest] < _MIN_AREA_FRACTION * sub.size:
         return None
+    largest = labels == biggest + 1
+    del labels
     # The vote shifts edges by a pixel either way; the raw pixels near the voted area do not.
-    near = ndimage.maximum_filter(labels == biggest + 1, 5)
+    near = ndimage.maximum_filter(largest, 5)
+    del largest
+    near &= content
     area = np.zeros(summary.shape, dtype=bool)
-    area[y0:y1 + 1, x0:x1 + 1] = ndimage.binary_fill_holes(near & content)
+    area[y0:y1 + 1, x0:x1 + 1] = _fill_holes(near)
     return area
+
+
+def _label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """np.bincount of a label image in bands of rows: bincount converts its input to int64, which
+    for a whole 16384 x 16384 frame is a 2 GiB copy."""
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    step = max(1, (1 << 22) // max(labels.shape[1], 1))
+    for start in range(0, labels.shape[0], step):
+        sizes += np.bincount(labels[start:start + step].ravel(), minlength=count + 1)
+    return sizes
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """`ndimage.binary_fill_holes` by labelling the background once: the same result, but one pass
+    instead of dilating until nothing changes (minutes on a 16384 x 16384 frame)."""
+    labels, count = ndimage.label(~mask)
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    reaches_border = np.zeros(count + 1, dtype=bool)  # a lookup table, not np.isin (which sorts)
+    reaches_border[border[border > 0]] = True
+    return ~reaches_border[labels]
 
 
 def convex_fill(area: np.ndarray) -> np.ndarray:

@@ -108,10 +108,12 @@ class LetterboxTransform:
         check_pixels(pixels)
         frames, channels, single = self._layout(pixels)
         x0, y0, x1, y1 = self.box
-        scaled = _resize(frames[:, :, y0:y1 + 1, x0:x1 + 1].astype(np.float32), self.content_shape, mode)
-        out = np.full((*scaled.shape[:2], self.size, self.size), self.pad_value, dtype=np.float32)
+        crop = frames[:, :, y0:y1 + 1, x0:x1 + 1]
+        out = np.full((*crop.shape[:2], self.size, self.size), self.pad_value, dtype=np.float32)
         (top, left), (nh, nw) = self.offset, self.content_shape
-        out[:, :, top:top + nh, left:left + nw] = scaled
+        for t in range(crop.shape[0]):  # frame by frame: temporaries of one frame, not of the cine
+            out[t:t + 1, :, top:top + nh, left:left + nw] = _resize(
+                np.asarray(crop[t:t + 1], dtype=np.float32), self.content_shape, mode)
         return _restore(out, channels, single)
 
     def inverse(self, maps: Any, mode: Mode = "bilinear", fill: float = 0.0) -> np.ndarray:

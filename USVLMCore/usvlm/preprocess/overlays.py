@@ -62,17 +62,21 @@ def detect_overlays(image_or_frame: USImage | np.ndarray, fov: FieldOfView | Non
 
 
 def overlay_mask(frames: np.ndarray, rgb: bool, box: Box) -> np.ndarray:
-    """(T, H, W) overlay mask of float frames (T, H, W[, 3]) in [0, 1], inside `box` only."""
+    """(T, H, W) overlay mask of float frames (T, H, W[, 3]) in [0, 1], inside `box` only.
+
+    Frame by frame (strokes never connect across frames), so the temporaries are those of one
+    frame, not of the whole cine."""
     x0, y0, x1, y1 = box
     crop = frames[:, y0:y1 + 1, x0:x1 + 1]
-    grey = luminance(crop, rgb)
-    found = _bright_strokes(grey)
-    if rgb:
-        found |= _colour_marks(crop)
-    # One pixel more covers the anti-aliased rim that the thresholds miss.
-    found = ndimage.binary_dilation(found, _IN_FRAME)
+    # Colour marks count only when the loop as a whole is mostly grey.
+    colour = rgb and _colour_fraction(crop) <= _MAX_COLOUR_FRACTION
     mask = np.zeros(frames.shape[:3], dtype=bool)
-    mask[:, y0:y1 + 1, x0:x1 + 1] = found
+    for t in range(crop.shape[0]):
+        found = _bright_strokes(luminance(crop[t:t + 1], rgb))
+        if colour:
+            found |= _chroma(crop[t:t + 1]) >= _MIN_CHROMA
+        # One pixel more covers the anti-aliased rim that the thresholds miss.
+        mask[t:t + 1, y0:y1 + 1, x0:x1 + 1] = ndimage.binary_dilation(found, _IN_FRAME)
     return mask
 
 
@@ -115,13 +119,14 @@ def _span(labels: np.ndarray, coord: np.ndarray, count: int) -> np.ndarray:
     return np.maximum(high - low + 1, 0)
 
 
-def _colour_marks(rgb: np.ndarray) -> np.ndarray:
-    """Coloured pixels of (T, H, W, 3) frames whose content is otherwise grey."""
-    chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
-    coloured = chroma >= _MIN_CHROMA
-    if coloured.mean() > _MAX_COLOUR_FRACTION:
-        return np.zeros(coloured.shape, dtype=bool)
-    return coloured
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.max(axis=-1) - rgb.min(axis=-1)
+
+
+def _colour_fraction(rgb: np.ndarray) -> float:
+    """Fraction of coloured pixels of (T, H, W, 3) frames (counted frame by frame)."""
+    coloured = sum(int(np.count_nonzero(_chroma(frame) >= _MIN_CHROMA)) for frame in rgb)
+    return coloured / max(rgb.shape[0] * rgb.shape[1] * rgb.shape[2], 1)
 
 
 def suppress_overlays(pixels: np.ndarray, mask: np.ndarray, *, support: np.ndarray | None = None) -> np.ndarray:

@@ -53,7 +53,9 @@ def prepare(image: USImage, size: int, *, suppress: bool = True, keep_rgb: bool 
     if suppress:
         overlays = overlay_mask(frames, image.is_rgb, fov.box)
         work = suppress_overlays(work, overlays, support=fov.mask)
-    work = work * (fov.mask[..., np.newaxis] if colour else fov.mask)
+    if work is image.pixels:  # never change the caller's image (unit_frames copies; be sure)
+        work = work.copy()
+    work *= fov.mask[..., np.newaxis] if colour else fov.mask  # in place: no second cine-sized array
     if keep_rgb and not colour:
         work = np.repeat(work[..., np.newaxis], 3, axis=-1)
     return PreparedImage(transform.forward(work), transform, fov, overlays)
