@@ -367,6 +367,26 @@ def test_options_are_checked_at_parse_time(capsys, option, value, problem):
     assert PASSWORD not in last
 
 
+def test_hostile_bank_files_are_refused_at_parse_time(tmp_path, capsys):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    folder = tmp_path / "banks"
+    folder.mkdir()
+    os.mkfifo(folder / "thyroid.json")
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(64 * 2**20)  # sparse: no disk used
+    for bank, problem in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
+                          (folder, "not a regular file"), (big, "a prompt bank is at most"),
+                          (tmp_path / "missing.json", "No such file")):
+        start = time.monotonic()
+        with pytest.raises(SystemExit) as caught:
+            main(["refine", "cyst", "--no-cache", "--bank", str(bank)])
+        assert caught.value.code == 2 and time.monotonic() - start < 5
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("usvlm refine: error: argument --bank") and problem in last
+
+
 def test_environment_timeout_and_misplaced_options_are_one_line_errors(monkeypatch, capsys,
                                                                         tmp_path):
     for value in ("nan", "inf", "-3", "abc"):
@@ -484,6 +504,18 @@ def test_hostile_hf_configs_are_one_line_errors(tiny_lm, tmp_path):
         HFBackend(folder).complete([{"role": "user", "content": "x"}])
     (folder / "config.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a JSON object"):
+        HFBackend(folder).complete([{"role": "user", "content": "x"}])
+    (folder / "config.json").write_text((tiny_lm / "config.json").read_text())
+    os.mkfifo(folder / "tokenizer.json.fifo")
+    os.replace(folder / "tokenizer.json.fifo", folder / "tokenizer.json")  # reading it would hang
+    with pytest.raises(InputError, match="FIFO"):
+        HFBackend(folder).complete([{"role": "user", "content": "x"}])
+    (folder / "tokenizer.json").unlink()
+    shutil.copy(tiny_lm / "tokenizer.json", folder / "tokenizer.json")
+    (folder / "model.safetensors").rename(folder / "model-00001.safetensors")
+    index = {"weight_map": {"lm_head.weight": "../../etc/passwd"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="weight_map must name safetensors files"):
         HFBackend(folder).complete([{"role": "user", "content": "x"}])
 
 

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import stat
 import sys
 from collections.abc import Iterator
@@ -14,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usvlm.cli._common import add_force_arg
 from usvlm.errors import InputError, OutputError, USVLMError
 
 MAX_COUNT = 50
 MAX_INPUT_BYTES = 256 * 2**20  # a captions file; millions of captions fit
+MAX_BANK_BYTES = 16 * 2**20  # a prompt bank is tens of KB
 
 DESCRIPTION = """\
 Rewrite a short label ("hypoechoic breast mass") or caption into descriptive ultrasound prompts.
@@ -60,6 +61,24 @@ def check_url(text: str) -> str:
     return text
 
 
+def check_bank(text: str) -> str:
+    """A bank file, or a folder of *.json bank files: regular files of sane size (a FIFO would
+    hang the reader, /dev/zero exhaust memory)."""
+    path = Path(text)
+    try:
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        for file in files:
+            info = file.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{file} is not a regular file")
+            if info.st_size > MAX_BANK_BYTES:
+                raise ValueError(f"{file} has {info.st_size} bytes; a prompt bank is at most "
+                                 f"{MAX_BANK_BYTES}")
+    except OSError as exc:
+        raise ValueError(f"{text}: {exc.strerror or 'cannot read'}") from None
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from usvlm.text.http_settings import check_retries, check_timeout
 
@@ -82,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--count", type=_checked(check_count), default=8,
                    help=f"descriptions per text (default 8, at most {MAX_COUNT})")
     p.add_argument("--bank", action="append", default=[], metavar="FILE",
+                   type=_checked(check_bank),
                    help="an extra prompt bank file or folder (repeatable)")
     p.add_argument("--cache", metavar="FILE",
                    help="LLM cache file (default: refiner-cache.jsonl in the user cache folder)")
@@ -91,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list of strings")
     p.add_argument("--input", metavar="JSONL", help="refine every caption of a JSONL file")
     p.add_argument("-o", "--output", metavar="JSONL", help="output of --input (resumable)")
-    p.add_argument("--force", action="store_true", help="replace an existing --output file")
+    add_force_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -122,22 +142,8 @@ def run(args: argparse.Namespace) -> int:
         plan = _plan_batch(args)  # before the backend is built: refuse early, touch nothing
         return _run_batch(_refiner(args), args, plan)
     texts = _refiner(args).refine(args.text, args.organ, args.style or "label")
-    return _print(json.dumps(texts, ensure_ascii=False, indent=2) if args.json else
-                  "\n".join(texts))
-
-
-def _print(text: str) -> int:
-    """Print to stdout; a reader that went away (`| head -1`) ends the command quietly with
-    128 + SIGPIPE, as a command killed by the signal would, instead of a traceback."""
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)  # the flush at exit must not fail again
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 128 + int(signal.SIGPIPE)
-    return 0
+    print(json.dumps(texts, ensure_ascii=False, indent=2) if args.json else "\n".join(texts))
+    return 0  # a reader that went away (`| head -1`) is handled by usvlm.cli: exit 141, quietly
 
 
 # -- Batch ---------------------------------------------------------------------------------------
@@ -328,8 +334,8 @@ def _run_batch(refiner: Any, args: argparse.Namespace, plan: BatchPlan) -> int:
     if fallbacks:
         print(f"warning: {fallbacks} captions used the offline bank because the "
               f"{args.backend} backend failed (see the \"fallback\" field)", file=sys.stderr)
-    return _print(f"refined {len(todo)} captions ({len(captions) - len(todo)} already done) -> "
-                  f"{output}")
+    print(f"refined {len(todo)} captions ({len(captions) - len(todo)} already done) -> {output}")
+    return 0
 
 
 @contextlib.contextmanager

@@ -37,8 +37,17 @@ def _json_file(path: Path) -> Any:
 
 
 def check_model_folder(path: Path) -> None:
-    """Refuse folders that would make transformers unpickle: weights that are not safetensors
-    (code named by `auto_map` is never imported: trust_remote_code is off)."""
+    """Refuse folders that would make transformers unpickle (weights that are not safetensors)
+    or hang (a FIFO or device where a file is read). Code named by `auto_map` is never imported:
+    trust_remote_code is off."""
+    for entry in path.iterdir():
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue  # a dangling link: transformers reports it if it needs the file
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise InputError(entry, "not a regular file (a FIFO, socket or device); a model "
+                                    "folder holds plain files only")
     for name in ("config.json", "tokenizer_config.json"):
         file = path / name
         if name == "tokenizer_config.json" and not file.exists():
@@ -50,6 +59,14 @@ def check_model_folder(path: Path) -> None:
         if explicit is not None and not str(explicit).endswith(_WEIGHTS):
             raise InputError(file, "transformers_weights names a file that is not safetensors; "
                                    "only safetensors weights are loaded (never pickles)")
+    index = path / "model.safetensors.index.json"
+    if index.is_file() and not (path / "model.safetensors").is_file():
+        data = _json_file(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+        if not shards or not all(isinstance(s, str) and s.endswith(".safetensors") and
+                                 Path(s).name == s and (path / s).is_file() for s in shards):
+            raise InputError(index, "its weight_map must name safetensors files of this folder")
     if not any((path / name).is_file() for name in _WEIGHTS):
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth",
                                                                            ".pkl", ".ckpt"))
