@@ -14,10 +14,12 @@ from usvlm.errors import USVLMError
 from usvlm.io.geometry import PLAUSIBLE_SPACING_MM
 
 # Decoded pixel data larger than this is refused before decoding (a 20000 x 20000 header claim,
-# a 2,000-frame RGB cine). Override with the environment variable USVLM_MAX_PIXEL_BYTES (bytes,
-# a plain integer, at least 1 MiB).
+# a 2,000-frame RGB cine). Reading and preparing an image peaks at about 12-14 times its decoded
+# size (float32 working copies, field-of-view and overlay masks; measured by
+# Testing/test_hostile_readers.py), so 512 MiB keeps a run near 7 GB; 2 GiB would need 25-30 GB.
+# Override with the environment variable USVLM_MAX_PIXEL_BYTES (bytes, a plain integer, >= 1 MiB).
 MAX_PIXEL_BYTES_ENV = "USVLM_MAX_PIXEL_BYTES"
-DEFAULT_MAX_PIXEL_BYTES = 2 * 1024**3
+DEFAULT_MAX_PIXEL_BYTES = 512 * 1024**2
 _SMALLEST_LIMIT = 1024**2
 
 # Smallest frame side the pipeline accepts (the model works on patches of 16 px).
