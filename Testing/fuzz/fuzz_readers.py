@@ -123,6 +123,19 @@ def make_seeds(folder: Path = SEEDS) -> list[Path]:
                           "Segment0_Layer:=0", "Segment0_Color:=1 0 0",
                           "Segment1_ID:=Segment_2", "Segment1_Name:=cyst", "Segment1_LabelValue:=2",
                           "Segment1_Layer:=0", "Segment1_Color:=0 1 0"], labels.tobytes())
+    # NIfTI and MetaImage, whose headers USVLM now parses itself (vox_offset, pixdim, data files).
+    nifti = bytearray(348)
+    struct.pack_into("<i", nifti, 0, 348)
+    struct.pack_into("<8h", nifti, 40, 2, 32, 32, 1, 1, 1, 1, 1)
+    struct.pack_into("<hh", nifti, 70, 2, 8)  # uint8
+    struct.pack_into("<8f", nifti, 76, 1.0, 0.2, 0.2, 1.0, 1.0, 1.0, 1.0, 1.0)
+    struct.pack_into("<fff", nifti, 108, 352.0, 1.0, 0.0)  # vox_offset, scl_slope, scl_inter
+    nifti[123] = 2  # mm
+    nifti[344:348] = b"n+1\x00"
+    (folder / "itk2_grey.nii").write_bytes(bytes(nifti) + b"\x00" * 4 + frame.tobytes())
+    (folder / "itk2_grey.mha").write_bytes(
+        b"ObjectType = Image\nNDims = 2\nDimSize = 32 32\nElementSpacing = 0.2 0.2\n"
+        b"ElementType = MET_UCHAR\nElementDataFile = LOCAL\n" + frame.tobytes())
     # The second hardening round's corpus modules add seeds of the encodings they guard.
     import importlib
 
