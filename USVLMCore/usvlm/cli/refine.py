@@ -26,6 +26,10 @@ Backends: bank (offline, default), http (an OpenAI-compatible chat-completions s
 vLLM, Ollama; --url or $USVLM_LLM_URL, --model or $USVLM_LLM_MODEL, key in $USVLM_LLM_API_KEY),
 hf (a local Hugging Face causal LM folder: --model DIR). Only the text and the organ are sent.
 LLM answers are cached (--cache); a failing LLM falls back to the bank with a warning.
+HTTP: --timeout bounds each whole request; credentials (the API key, user:password@ in --url) go
+only to the scheme, host and port of --url (a redirect elsewhere is refused, never followed) and
+are never shown; responses over 4 MiB are refused. The hf backend loads safetensors weights only
+and never runs code from the model folder.
 
 Batch mode: --input captions.jsonl -o refined.jsonl. Input lines are {"id", "text", "organ"}
 objects, or phantom samples.jsonl records (each structure's description, id "<id>/<k>").
@@ -234,7 +238,7 @@ def _captions(path: Path, default_organ: str | None) -> Iterator[tuple[str, str,
             raise InputError(path, f"line {number}: expected a JSON object")
         key = record.get("id", f"line{number}")
         if not isinstance(key, (str, int)) or isinstance(key, bool):
-            raise InputError(path, f"line {number}: \"id\" must be a string or a number")
+            raise InputError(path, f"line {number}: \"id\" must be a string or a whole number")
         organ = record.get("organ") or default_organ
         if organ is not None and not isinstance(organ, str):
             raise InputError(path, f"line {number}: \"organ\" must be a string")
