@@ -384,3 +384,22 @@ def test_models_trust_signs_off_a_checked_folder_only(tmp_path, model_dir, capsy
     (tampered / "model.safetensors").write_bytes(bytes(weights))
     _refused(capsys, ["models", "--trust", str(tampered)], tmp_path, "model.safetensors")
     assert not (tampered / "manifest.sha256").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_prompt_bank_that_is_not_a_file_is_refused_at_once(kind, tmp_path):
+    from usvlm.errors import InputError
+    from usvlm.text.banks import load_banks
+
+    bank = tmp_path / "bank.json"
+    if kind == "fifo":
+        os.mkfifo(bank)
+    else:
+        bank.symlink_to("/dev/zero")
+    code = ("import sys; from usvlm.text.banks import load_banks\n"
+            "try: load_banks(extra=[sys.argv[1]])\nexcept Exception as e: print(type(e).__name__, e)")
+    proc = subprocess.run([sys.executable, "-c", code, str(bank)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)))
+    assert proc.stdout.startswith("InputError") and "not a regular file" in proc.stdout, proc.stdout + proc.stderr
+    with pytest.raises(InputError):
+        load_banks(extra=[bank])

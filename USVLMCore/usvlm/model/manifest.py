@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from usvlm.io.bounded_file import read_bounded_file as _read_bounded
 from usvlm.io.atomic import AtomicGroup
 from usvlm.model.errors import CheckpointError
 from usvlm.model.safe_config import MODEL_CFG, model_cfg_problem
@@ -165,34 +165,8 @@ def validate_manifest(manifest: Any, source: str | os.PathLike[str] = MANIFEST_N
 
 def read_bounded_file(path: str | os.PathLike[str], what: str, limit: int = MAX_MANIFEST_BYTES,
                       error: type[CheckpointError] = CheckpointError) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes.
-
-    Opened without blocking and checked on the open descriptor, so a FIFO, a device (a symlink
-    to /dev/zero) or a folder is refused at once instead of hanging or filling memory.
-    """
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise error(path, f"{what} file does not exist") from None
-    except OSError as exc:
-        raise error(path, f"cannot read the {what}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(path, f"not a regular file (a FIFO, device or folder), so not a {what}")
-        if info.st_size > limit:
-            raise error(path, f"{info.st_size} bytes: too large for a {what} (at most {limit})")
-        data = os.read(fd, limit + 1)
-        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
-            data += chunk
-    except OSError as exc:
-        raise error(path, f"cannot read the {what}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise error(path, f"too large for a {what} (at most {limit} bytes)")
-    return data
+    """`usvlm.io.bounded_file.read_bounded_file` with a manifest's size bound and error type."""
+    return _read_bounded(path, what, limit, error)
 
 
 def _no_constants(name: str) -> Any:
