@@ -357,9 +357,6 @@ class Segmenter:
                 if m.shape != image.frame_shape:
                     raise InputError(image.info.path, f"the mask of shape {m.shape} does not match "
                                                       f"the image's {image.frame_shape}")
-                if not m.any():
-                    raise InputError(image.info.path, "the mask is empty (no pixel of the finding "
-                                                      "to classify)")
                 model_mask = torch.from_numpy(
                     cached.prepared.transform.forward(m, "nearest")).to(self.device)[None]
             probs = self.model.classify_probabilities(feats, model_mask)
