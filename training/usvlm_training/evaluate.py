@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from usvlm.cli._common import count_arg, device_arg, probability_arg
 from usvlm.engine import Segmenter
 from usvlm.errors import InputError, OutputError, USVLMError
 from usvlm.io import Segment, write_overlay_png, write_seg_nrrd
@@ -530,17 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="data set folder (any supported layout)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
-    p.add_argument("--threshold", type=float, help="segmentation threshold (default: the model's)")
+    p.add_argument("--threshold", type=probability_arg,
+                   help="segmentation threshold, 0-1 (default: the model's)")
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest component of each prediction")
-    p.add_argument("--limit", type=int, help="evaluate the first N images of the split only")
-    p.add_argument("--gallery", type=int, default=4, metavar="K", help="best and worst cases drawn (4)")
+    p.add_argument("--limit", type=count_arg(1), help="evaluate the first N images of the split only")
+    p.add_argument("--gallery", type=count_arg(0), default=4, metavar="K", help="best and worst cases drawn (4)")
     p.add_argument("--no-predictions", action="store_true", help="do not save predicted segmentations")
     p.add_argument("--skip-bad", action="store_true", help="skip broken samples (default: stop)")
     p.add_argument("--paraphrases", default="auto", metavar="auto|none|FILE",
                    help="paraphrase check: the held-out prompts in the model's manifest (auto), "
                         "none, or a JSON file {class: [texts]}")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -63,6 +63,13 @@ def non_negative_arg(text: str) -> float:
     return value
 
 
+def positive_arg(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text[:40]!r}")
+    return value
+
+
 def count_arg(minimum: int):  # noqa: ANN201 - an argparse type
     """An integer >= `minimum`."""
     def parse(text: str) -> int:

@@ -11,24 +11,27 @@ import json
 import sys
 from collections.abc import Sequence
 
+from usvlm.cli._common import count_arg, device_arg, non_negative_arg, positive_arg, probability_arg
 from usvlm.errors import USVLMError
 
 from .common import OptimConfig
 
 
+# Every number is checked when parsed (finite, in range): a typo fails in a second with the usage,
+# not after the data set is loaded or an hour into training.
 def _optim_args(p: argparse.ArgumentParser, *, epochs: int, lr: float, batch: int) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=batch)
-    g.add_argument("--lr", type=float, default=lr)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--patience", type=int, default=5, help="early stopping patience (epochs)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--epochs", type=count_arg(1), default=epochs)
+    g.add_argument("--batch-size", type=count_arg(1), default=batch)
+    g.add_argument("--lr", type=positive_arg, default=lr)
+    g.add_argument("--weight-decay", type=non_negative_arg, default=1e-4)
+    g.add_argument("--warmup-epochs", type=non_negative_arg, default=1.0)
+    g.add_argument("--grad-clip", type=non_negative_arg, default=1.0)
+    g.add_argument("--patience", type=count_arg(1), default=5, help="early stopping patience (epochs)")
+    g.add_argument("--seed", type=count_arg(0), default=0)
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    g.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    g.add_argument("--workers", type=count_arg(0), default=0, help="DataLoader worker processes")
+    g.add_argument("--max-steps", type=count_arg(1), help="stop after this many steps (smoke tests)")
 
 
 def _optim(args: argparse.Namespace) -> OptimConfig:
@@ -41,7 +44,7 @@ def _optim(args: argparse.Namespace) -> OptimConfig:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="data set folder (paper, phantom or Slicer layout)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start over in a non-empty OUT")
     p.add_argument("--name", help="name of the exported model")
@@ -58,11 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--backbone", help="open_clip name, hf-hub:ID or local-dir:PATH")
     ft.add_argument("--pretrained", help="open_clip pretrained tag or weights file (with --backbone)")
     ft.add_argument("--adapter", default="mona", choices=("none", "mona", "hybrid", "lora"))
-    ft.add_argument("--bottleneck", type=int, default=64)
-    ft.add_argument("--lora-rank", type=int, default=8)
+    ft.add_argument("--bottleneck", type=count_arg(1), default=64)
+    ft.add_argument("--lora-rank", type=count_arg(1), default=8)
     ft.add_argument("--cls-loss", default="ce", choices=("ce", "focal"))
-    ft.add_argument("--cls-weight", type=float, default=0.5)
-    ft.add_argument("--prompts-per-image", type=int, default=3,
+    ft.add_argument("--cls-weight", type=non_negative_arg, default=0.5)
+    ft.add_argument("--prompts-per-image", type=count_arg(1), default=3,
                     help="prompts per training image: its classes, then absent classes as "
                          "negatives with empty targets (1: one (image, class) per item)")
     ft.add_argument("--no-bank-prompts", action="store_true",
@@ -70,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seg-stride", type=int, choices=(1, 2, 4, 8, 16),
                     help="decoder output stride; with --model, a head of another stride is "
                          "replaced by a fresh one")
-    ft.add_argument("--seg-detail", type=int, metavar="CHANNELS",
+    ft.add_argument("--seg-detail", type=count_arg(0), metavar="CHANNELS",
                     help="channels of the segmentation head's image detail branch (0: none; "
                          "default: the model's own, 32 for a fresh head); with --model, a head "
                          "with another value is replaced by a fresh one")
-    ft.add_argument("--few-shot", type=float, metavar="RATIO", help="train on this fraction (0-1)")
-    ft.add_argument("--shots", type=int, help="train on this many images per class")
+    ft.add_argument("--few-shot", type=probability_arg, metavar="RATIO", help="train on this fraction (0-1)")
+    ft.add_argument("--shots", type=count_arg(1), help="train on this many images per class")
     _optim_args(ft, epochs=20, lr=1e-3, batch=8)
 
     pt = sub.add_parser("pretrain", help="CLIP-style contrastive training on image-description pairs")
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--pretrained", help="open_clip pretrained tag or weights file")
     pt.add_argument("--adapter", default="none", choices=("none", "mona", "hybrid", "lora"),
                     help="'none' trains the whole image tower; else only adapters")
-    pt.add_argument("--image-size", type=int, default=224, help="input size for 'default-small'")
+    pt.add_argument("--image-size", type=count_arg(16), default=224, help="input size for 'default-small'")
     _optim_args(pt, epochs=30, lr=5e-4, batch=32)
     return parser
 
