@@ -255,11 +255,12 @@ def _read_in_child(path: Path, *, cine: bool = False, limit_gib: float = 6) -> d
 
 
 def test_3d_volume_is_refused_from_its_header(tmp_path):
-    """A 1.5 GB volume (a sparse file: no disk used) is refused as 3D before a byte is read."""
+    """A 375 MiB volume (under the pixel limit; a sparse file: no disk used) is refused as 3D
+    before a byte is read."""
     path = tmp_path / "volume.nrrd"
-    header = b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1024 1024 1500\nspacings: 0.2 0.2 1\nencoding: raw\n\n"
+    header = b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 512 512 1500\nspacings: 0.2 0.2 1\nencoding: raw\n\n"
     path.write_bytes(header)
-    os.truncate(path, len(header) + 1024 * 1024 * 1500)
+    os.truncate(path, len(header) + 512 * 512 * 1500)
     result = _read_in_child(path)
     assert result["outcome"].startswith("REFUSED") and "3D volume of 1500 slices" in result["outcome"]
     assert result["peak_mib"] < 400, result
