@@ -21,7 +21,7 @@ from usvlm.errors import USVLMError
 from usvlm.interrupts import Terminated, defer, interruption
 
 # Sub-command modules; each defines `register(subparsers)` and a `run(args) -> int`.
-COMMANDS = ("info", "segment", "classify", "models", "mask2seg", "phantom", "bench", "refine")
+COMMANDS = ("info", "segment", "classify", "models", "mask2seg", "phantom", "bench", "refine", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
