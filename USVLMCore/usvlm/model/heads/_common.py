@@ -31,6 +31,6 @@ class JsonConfig:
 def check_levels(levels: list[Tensor], channels: list[int]) -> None:
     """Raise a clear ValueError unless `levels` are (B, C_i, h, w) with C_i = `channels`."""
     if len(levels) != len(channels) or any(
-            x.dim() != 4 or x.shape[1] != c for x, c in zip(levels, channels, strict=True)):
+            x.dim() != 4 or x.shape[1] != c for x, c in zip(levels, channels)):
         raise ValueError(f"expected {len(channels)} levels (B, C, h, w) with C = {channels}, "
                          f"got shapes {[tuple(x.shape) for x in levels]}")

@@ -187,7 +187,7 @@ class TextConditionedSegHead(nn.Module):
         """Prompt-independent part, cacheable per image: each level -> (B, width, gh, gw), then
         (with a detail branch) the image's detail features, fine to coarse."""
         check_levels(levels, self.config.level_channels)
-        reduced = [r(x) for r, x in zip(self.reducers, levels, strict=True)]
+        reduced = [r(x) for r, x in zip(self.reducers, levels)]  # lengths checked above
         if self.detail is None:
             return reduced
         if image is None:
@@ -221,8 +221,8 @@ class TextConditionedSegHead(nn.Module):
         if len(detail) != len(self._detail_strides):
             raise ValueError(f"expected {n} reduced levels and {len(self._detail_strides)} detail "
                              f"maps (from reduce()), got {n + len(detail)} tensors")
-        by_stride = dict(zip(self._detail_strides, detail, strict=True))
-        for stride, stage in zip(self.stage_strides, self.upsample, strict=True):
+        by_stride = dict(zip(self._detail_strides, detail))  # lengths checked above
+        for stride, stage in zip(self.stage_strides, self.upsample):
             x = stage[0](x)
             d = by_stride.get(stride)
             if d is not None:
