@@ -1,0 +1,65 @@
+"""The Slicer side of the extension in an environment pinned to what 3D Slicer bundles.
+
+Slicer 5.8 and 5.10 are the releases USVLM supports. Their Python holds numpy, pydicom 2.4, scipy,
+requests and a few more at fixed versions (Testing/slicer_env/, read from Slicer's SuperBuild);
+installing or upgrading anything there breaks Slicer's own modules. So the client side (what runs in
+Slicer's Python) must import and talk to a real engine with only those packages, and must never
+import torch, pydicom 3, fastapi or the core library. The engine (`usvlm serve`) runs in its own
+environment: here the project's .venv.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from slicer_python import VERSIONS, slicer_python
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "USVLMSegment"
+# What Slicer's Python does not have (or has in another major version) and the client must not load.
+FORBIDDEN = ("torch", "usvlm", "open_clip", "transformers", "fastapi", "uvicorn", "starlette",
+             "pydantic", "SimpleITK", "skimage", "highdicom", "slicerio")
+# The modules that run inside Slicer's Python and talk to the engine.
+CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process")
+
+_IMPORT_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import importlib, numpy, pydicom
+for name in json.loads(sys.argv[2]):
+    importlib.import_module(name)
+loaded = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[3])))
+print(json.dumps({"numpy": numpy.__version__, "pydicom": pydicom.__version__, "loaded": loaded}))
+"""
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def slicer_env(request) -> tuple[str, Path]:  # noqa: ANN001
+    return request.param, slicer_python(request.param)
+
+
+def test_client_imports_with_only_what_slicer_bundles(slicer_env):
+    version, python = slicer_env
+    proc = subprocess.run([str(python), "-c", _IMPORT_CHECK, str(MODULE_DIR), json.dumps(CLIENT_MODULES),
+                           json.dumps(FORBIDDEN)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    pins = dict(line.split("==") for line in (ROOT / "Testing" / "slicer_env" / f"slicer-{version}.txt")
+                .read_text().splitlines() if "==" in line)
+    assert (report["numpy"], report["pydicom"]) == (pins["numpy"], pins["pydicom"])
+    assert report["loaded"] == [], f"the client loaded {report['loaded']} in Slicer {version}'s Python"
+
+
+def test_slicer_side_code_parses_for_python_3_9():
+    """Slicer 5.8 runs Python 3.9: no syntax or library call of a later Python in what runs there."""
+    vermin = shutil.which("vermin", path=str(Path(sys.executable).parent))
+    if vermin is None:
+        pytest.fail("vermin is missing from the test environment (pip install -e '.[test]')")
+    proc = subprocess.run([vermin, "--no-tips", "--no-parse-comments", "-t=3.9-", "--violations",
+                           str(MODULE_DIR)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
