@@ -288,3 +288,31 @@ def test_worker_reports_errors_and_cancel(tiny_dir):
         assert _wait(worker, worker.submit(lambda ctx: 42))[-1].payload == 42  # still alive
     finally:
         worker.shutdown()
+
+
+# Keys of Slicer's extension catalog entry schema (Schemas/slicer-extension-catalog-entry-schema-v1.0.1).
+CATALOG_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                "build_subdirectory", "enabled", "tier"}
+
+
+def test_extension_catalog_entry_agrees_with_cmake():
+    import json
+
+    entry = json.loads((ROOT / "USVLM.json").read_text())
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= CATALOG_KEYS
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json")
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+    assert f'set(EXTENSION_HOMEPAGE "{entry["scm_url"]}")' in top
+    assert f'set(EXTENSION_DEPENDS "{" ".join(entry["build_dependencies"])}")' in top
+    assert 1 <= entry["tier"] <= 5
+
+
+def test_urls_into_the_repository_name_files_that_exist():
+    """The icon and screenshot URLs of the extension point at files of this repository."""
+    top = (ROOT / "CMakeLists.txt").read_text()
+    paths = re.findall(r"https://raw\.githubusercontent\.com/usvlm/SlicerUSVLM/main/([^\"\s]+)", top)
+    assert len(paths) >= 2
+    for path in paths:
+        assert (ROOT / path).is_file(), f"CMakeLists.txt points at {path}, which does not exist"
+    assert re.search(r'if\(Slicer_VERSION VERSION_LESS USVLM_MINIMUM_SLICER_VERSION\)', top)
