@@ -25,7 +25,8 @@ MODULE_DIR = ROOT / "USVLMSegment"
 FORBIDDEN = ("torch", "usvlm", "open_clip", "transformers", "fastapi", "uvicorn", "starlette",
              "pydantic", "SimpleITK", "skimage", "highdicom", "slicerio")
 # The modules that run inside Slicer's Python and talk to the engine.
-CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process")
+CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process",
+                  "USVLMSegmentLib.segment_history")
 
 _IMPORT_CHECK = """
 import json, sys
