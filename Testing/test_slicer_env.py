@@ -64,3 +64,56 @@ def test_slicer_side_code_parses_for_python_3_9():
     proc = subprocess.run([vermin, "--no-tips", "--no-parse-comments", "-t=3.9-", "--violations",
                            str(MODULE_DIR)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+_CLIENT_RUN = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from USVLMSegmentLib.engine_client import ImageData, PostOptions
+from USVLMSegmentLib.engine_process import LocalEngine
+
+pixels = np.load(sys.argv[4])
+with LocalEngine(sys.argv[2], model=sys.argv[3], device="cpu", start_timeout=240) as engine:
+    info = engine.health()
+    image = ImageData(pixels, (0.2, 0.2), calibrated=True)
+    reply = engine.segment(image, ["cyst", "mass"])
+    refined = engine.refine(reply.result_id, PostOptions(threshold=0.9))
+    out = {"model": info.model.name,
+           "masks": [s.mask.astype(int).tolist() for s in reply.segments],
+           "units": [s.measurements.unit for s in reply.segments],
+           "refined_sums": [int(s.mask.sum()) for s in refined.segments]}
+loaded = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[5])))
+out["loaded"] = loaded
+print(json.dumps(out))
+"""
+
+
+def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
+    """The module's client path, run by Slicer's (pinned) Python: start the engine in its own
+    environment (the project's), contour two prompts, refine; the masks equal the in-process
+    engine's, and nothing outside Slicer's bundle was imported on the Slicer side."""
+    import numpy as np
+    from models import save_tiny_model
+
+    from usvlm.engine import Segmenter
+    from usvlm.io.volume_arrays import image_from_volume_array
+
+    version, python = slicer_env
+    model = save_tiny_model(tmp_path / "tiny")
+    rng = np.random.default_rng(3)
+    pixels = (rng.random((48, 64)) * 255).astype(np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    proc = subprocess.run([str(python), "-c", _CLIENT_RUN, str(MODULE_DIR), sys.executable, str(model),
+                           str(tmp_path / "pixels.npy"), json.dumps(FORBIDDEN)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == [], result["loaded"]
+    assert result["model"] == "tiny-mona" and result["units"] == ["mm", "mm"]
+    ijk_to_ras = np.diag([-0.2, -0.2, 1.0, 1.0])
+    local = Segmenter(model, device="cpu").segment(
+        image_from_volume_array(pixels[None], ijk_to_ras, is_vector=False), ["cyst", "mass"])
+    for remote, here in zip(result["masks"], local.results):
+        assert np.array_equal(np.asarray(remote, dtype=bool), here.mask)
+    assert all(r <= int(np.asarray(m).sum()) for r, m in zip(result["refined_sums"], result["masks"]))
