@@ -78,6 +78,13 @@ def test_segment_refine_and_classify(engine):
     back = engine.refine(reply.result_id, PostOptions(threshold=first.options["threshold"]), index=0)
     np.testing.assert_array_equal(back.segments[0].mask, first.mask)
 
+    quick = engine.segment(image, ["mass"], measure=False, classify=True)  # a slider moving
+    assert quick.segments[0].measurements is None
+    np.testing.assert_array_equal(quick.segments[0].mask, first.mask)
+    assert (quick.segments[0].classification is None) == first.empty
+    slid = engine.refine(quick.result_id, PostOptions(threshold=0.3), measure=False)
+    assert slid.segments[0].measurements is None and slid.segments[0].options["threshold"] == 0.3
+
     probs = engine.classify(image, mask=np.ones((240, 320), bool)).probabilities
     assert set(probs) == {"benign", "malignant"} and sum(probs.values()) == pytest.approx(1.0)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -67,9 +68,39 @@ class StoredImage:
                        is_rgb=self.rgb, is_cine=self.cine)
 
 
+def quick_summary(result: Any, output: Any) -> dict[str, Any]:
+    """What a reply needs without measuring (measurements take ~0.3 s on a 640x480 mask: too slow
+    while a slider moves); the client asks for them when the user stops."""
+    masks = result.mask if result.mask.ndim == 3 else result.mask[np.newaxis]
+    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    return {"prompt": result.prompt.text, "name": result.prompt.name,
+            "matched_by": result.prompt.matched_by, "color": list(result.prompt.color),
+            "score": round(result.score, 4), "empty": not bool(areas.any()),
+            "frame": output.frames[int(np.argmax(areas))], "options": result.options.to_dict()}
+
+
+class EngineSession(InteractiveSession):
+    """The session's refine, with measurements only when asked for."""
+
+    measure: bool = True
+
+    def _update_summary(self, index: int) -> None:
+        if self.measure:
+            super()._update_summary(index)
+            return
+        output = self._output()
+        previous = self.summaries[index] if index < len(self.summaries) else {}
+        fresh = quick_summary(output.results[index], output)
+        if "classification" in previous:
+            fresh["classification"] = previous["classification"]
+        while len(self.summaries) <= index:
+            self.summaries.append({})
+        self.summaries[index] = fresh
+
+
 @dataclass
 class StoredResult:
-    session: InteractiveSession
+    session: EngineSession
     image: str  # content id of the image it was made from
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,6 +177,7 @@ class EngineState:
         from usvlm.postprocess import PostprocessOptions
         from usvlm.report import summarize_result
 
+        started = time.perf_counter()
         self._use_organ(call.organ)
         o = call.options
         base = PostprocessOptions(threshold=self.segmenter.model.threshold)
@@ -154,28 +186,46 @@ class EngineState:
         output = self.segmenter.segment(image, list(call.prompts), frames=frames, options=options,
                                         progress=ctx.progress, cancel=ctx.cancel)
         summaries = []
-        for result in output.results:  # classification runs the model: a stage of its own
+        for result in output.results:  # measuring and classifying: stages of their own
             ctx.cancel.check()
-            summaries.append(summarize_result(result, output, self.segmenter if call.classify else None))
+            if call.measure:
+                summaries.append(summarize_result(result, output,
+                                                  self.segmenter if call.classify else None))
+            else:
+                summaries.append(self._quick_classified(result, output, call.classify))
         ctx.cancel.check()
-        session = InteractiveSession()
+        session = EngineSession()
+        session.measure = call.measure
         session.set_output(output, summaries)
         if o.point is not None:  # a click: the component under it, as refine does
             session.refine_all(o.settings(options))
         result_id = secrets.token_hex(8)
         nbytes = sum(r.probability.nbytes + r.mask.nbytes for r in output.results)
         self.results.put(result_id, StoredResult(session, image_key), nbytes)
-        return self._reply(result_id, image_key, session, range(len(output.results)))
+        reply = self._reply(result_id, image_key, session, range(len(output.results)))
+        reply.timings_ms["job_ms"] = (time.perf_counter() - started) * 1e3  # all the engine's work
+        return reply
+
+    def _quick_classified(self, result: Any, output: Any, classify: bool) -> dict[str, Any]:
+        summary = quick_summary(result, output)
+        if classify and self.segmenter.model.cls_head is not None and not summary["empty"]:
+            t = output.frames.index(summary["frame"])
+            mask = result.mask[t] if result.mask.ndim == 3 else result.mask
+            summary["classification"] = self.segmenter.classify(
+                output.image, mask, frame=summary["frame"] if output.image.is_cine else 0)
+        return summary
 
     def refine(self, call: RefineCall) -> SegmentReply:
         """Post-processing only (threshold, hole filling, smallest area, the region under a point)
         from the cached probability maps; runs beside the worker (no model)."""
+        started = time.perf_counter()
         stored = self.results.get(call.result)
         if stored is None:
             raise RequestError(404, "unknown_result", "the engine no longer holds this result; "
                                                       "segment again")
         with stored.lock:
             session = stored.session
+            session.measure = call.measure
             count = len(session.output.results)  # type: ignore[union-attr]
             if call.index is not None and call.index >= count:
                 raise RequestError(422, "input", f"result has {count} segment(s); index {call.index} is out of range")
@@ -183,7 +233,9 @@ class EngineState:
             for i in indices:
                 current = session.output.results[i].options  # type: ignore[union-attr]
                 session.refine(i, call.options.settings(current))
-            return self._reply(call.result, stored.image, session, indices)
+            reply = self._reply(call.result, stored.image, session, indices)
+        reply.timings_ms = {"job_ms": (time.perf_counter() - started) * 1e3}
+        return reply
 
     def classify(self, call: ClassifyCall, image_key: str, image: USImage, mask: np.ndarray | None,
                  ctx: JobContext) -> ClassifyReply:

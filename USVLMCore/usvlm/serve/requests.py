@@ -177,6 +177,7 @@ class SegmentCall:
     frames: str | tuple[int, ...]  # "all" or 0-based frame numbers
     options: Options
     classify: bool
+    measure: bool  # measurements of each result (False: name, score and mask only; faster)
 
     @classmethod
     def parse(cls, header: dict[str, Any]) -> "SegmentCall":
@@ -195,7 +196,8 @@ class SegmentCall:
         organ = _field(header, "organ", str)
         return cls(_field(header, "job", str), ImageMeta.parse(header),
                    tuple(validate_prompt(p) for p in prompts), organ or None, frames,
-                   Options.parse(header), bool(_field(header, "classify", bool, False)))
+                   Options.parse(header), bool(_field(header, "classify", bool, False)),
+                   bool(_field(header, "measure", bool, True)))
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ class RefineCall:
     result: str
     index: int | None  # None: every prompt of the result
     options: Options
+    measure: bool
 
     @classmethod
     def parse(cls, header: dict[str, Any]) -> "RefineCall":
@@ -210,7 +213,7 @@ class RefineCall:
         if index is not None and index < 0:
             raise bad("'index' must be >= 0")
         result = _field(header, "result", str, required=True)
-        return cls(result[:64], index, Options.parse(header))
+        return cls(result[:64], index, Options.parse(header), bool(_field(header, "measure", bool, True)))
 
 
 @dataclass(frozen=True)
