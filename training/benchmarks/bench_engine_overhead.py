@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from usvlm.io.atomic import atomic_output
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,7 +247,8 @@ def write_section(text: str, path: Path = BENCHMARKS_MD) -> None:
         updated = before + text + after
     else:
         updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(updated, encoding="utf-8")
+    with atomic_output(path) as tmp:
+        tmp.write_text(updated, encoding="utf-8")
 
 
 def main() -> int:
