@@ -254,3 +254,22 @@ def test_client_imports_nothing_slicer_lacks():
 def test_client_is_python_39_syntax():
     for name in ("engine_client.py", "engine_process.py"):
         ast.parse((MODULE / "USVLMSegmentLib" / name).read_text(), feature_version=(3, 9))
+
+
+def test_prompt_choices_preview_and_models_come_from_the_engine(engine):
+    """What the prompt box and the model box show, without the core in Slicer's Python."""
+    choices = engine.prompt_choices()
+    assert choices.organs[0][0] == "generic" and ("breast", "Breast") in [tuple(o) for o in choices.organs]
+    breast = engine.prompt_choices("breast")
+    assert "breast mass" in [t.lower() for t in breast.completions] and breast.presets
+    previews = engine.preview("breast mass; something new", "breast")
+    assert [p.matched_by for p in previews] == ["exact", "none"]
+    assert previews[0].name == "Breast mass" and "SCT" in previews[0].terminology
+    assert previews[1].name == "something new" and "used as typed" in previews[1].description
+    with pytest.raises(EngineError) as caught:
+        engine.prompt_choices("spleen")
+    assert "spleen" in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(EngineError):
+        engine.preview("mass\u2028cyst")  # a line separator: refused like on the command line
+    names = [m.name for m in engine.models()]
+    assert "usvlm-default" in names and all(m.summary for m in engine.models())

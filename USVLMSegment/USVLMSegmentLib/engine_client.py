@@ -405,6 +405,30 @@ class SegmentReply:
 
 
 @dataclass(frozen=True)
+class PromptChoices:
+    organs: List[Tuple[str, str]]  # (bank id, display name), the generic bank first
+    completions: List[str]
+    presets: List[str]
+
+
+@dataclass(frozen=True)
+class PromptPreview:
+    text: str
+    name: str
+    color: Tuple[float, float, float]
+    terminology: str  # Slicer TerminologyEntry string
+    matched_by: str
+    description: str  # one line for the panel ("breast mass -> Breast mass (bank entry)")
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    name: str
+    path: str
+    summary: str
+
+
+@dataclass(frozen=True)
 class ClassifyReply:
     job: Optional[str]
     image_id: str
@@ -519,6 +543,38 @@ class EngineClient:
                                  {str(k): float(v) for k, v in h["probabilities"].items()})
         except (KeyError, TypeError, ValueError, AttributeError):
             raise EngineProtocolError("the engine's classification is incomplete") from None
+
+    def prompt_choices(self, organ: Optional[str] = None, timeout: float = 10.0) -> PromptChoices:
+        """The organs, completion words and one-click presets of the engine's prompt banks."""
+        query = "?" + urllib.parse.urlencode({"organ": organ}) if organ else ""
+        _, _, body = self._call("GET", "/v1/prompts" + query, None, timeout)
+        data = self._json(body)
+        try:
+            return PromptChoices([(str(i), str(n)) for i, n in data["organs"]],
+                                 [str(t) for t in data["completions"]], [str(t) for t in data["presets"]])
+        except (KeyError, TypeError, ValueError):
+            raise EngineProtocolError("the engine's prompt choices are incomplete") from None
+
+    def preview(self, text: str, organ: Optional[str] = None, timeout: float = 10.0) -> List[PromptPreview]:
+        """What each prompt of `text` (split at ';') becomes: segment name, colour, terminology."""
+        query = {"text": text[:2000], **({"organ": organ} if organ else {})}
+        _, _, body = self._call("GET", "/v1/preview?" + urllib.parse.urlencode(query), None, timeout)
+        try:
+            return [PromptPreview(str(v["text"]), str(v["name"]),
+                                  tuple(float(c) for c in v["color"]),  # type: ignore[arg-type]
+                                  str(v["terminology"]), str(v["matched_by"]), str(v["description"]))
+                    for v in self._json(body)["previews"]]
+        except (KeyError, TypeError, ValueError):
+            raise EngineProtocolError("the engine's prompt preview is incomplete") from None
+
+    def models(self, timeout: float = 30.0) -> List[InstalledModel]:
+        """The models installed where the engine runs, each with a one-line summary."""
+        _, _, body = self._call("GET", "/v1/models", None, timeout)
+        try:
+            return [InstalledModel(str(m["name"]), str(m["path"]), str(m["summary"]))
+                    for m in self._json(body)["models"]]
+        except (KeyError, TypeError, ValueError):
+            raise EngineProtocolError("the engine's model list is incomplete") from None
 
     def cancel(self, job: Optional[str] = None, timeout: float = 5.0) -> List[CancelAck]:
         """Ask the engine to stop `job` (default: every job this client is waiting for). Returns

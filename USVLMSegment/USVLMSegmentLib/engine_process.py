@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, TypeVar, Union
 
 from .engine_client import (ClassifyReply, EngineCancelled, EngineClient, EngineError, EngineInfo,
-                            EngineUnavailable, ImageData, PostOptions, SegmentReply)
+                            EngineUnavailable, ImageData, InstalledModel, PostOptions, PromptChoices,
+                            PromptPreview, SegmentReply)
 
 LISTENING = "USVLM-ENGINE LISTENING "
 TOKEN_ENV = "USVLM_ENGINE_TOKEN"
@@ -287,6 +288,15 @@ class LocalEngine:
 
     def classify(self, image: ImageData, **kwargs: Any) -> ClassifyReply:
         return self._run(lambda c: c.classify(image, **kwargs))
+
+    def prompt_choices(self, organ: Optional[str] = None) -> PromptChoices:
+        return self._run(lambda c: c.prompt_choices(organ))
+
+    def preview(self, text: str, organ: Optional[str] = None) -> List[PromptPreview]:
+        return self._run(lambda c: c.preview(text, organ))
+
+    def models(self) -> List[InstalledModel]:
+        return self._run(lambda c: c.models())
 
     def cancel(self, job: Optional[str] = None) -> bool:
         """Cancel the running job(s). True when the engine acknowledged and stopped them within

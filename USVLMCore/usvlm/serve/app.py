@@ -159,11 +159,56 @@ def create_app(state: EngineState, runner: JobRunner, token: str) -> RequestGuar
         job = runner.submit(call.job, lambda ctx: state.classify(call, key, image, mask, ctx))
         return await job_response(job, request, runner)
 
+    # What the module's prompt box and model box show, so Slicer's Python needs nothing of the core:
+    # the organs, completion words and one-click presets of the engine's prompt banks, a preview
+    # of what a typed prompt becomes (segment name, colour, terminology), the installed models.
+    @app.get("/v1/prompts")
+    @replying
+    async def prompts(request: Request) -> Response:
+        return JSONResponse(prompt_choices(state, request.query_params.get("organ") or None))
+
+    @app.get("/v1/preview")
+    @replying
+    async def preview(request: Request) -> Response:
+        from usvlm.session import preview_prompts
+
+        text = request.query_params.get("text", "")
+        organ = request.query_params.get("organ") or None
+        previews = preview_prompts(text, state.resolver.banks, organ)
+        return JSONResponse({"previews": [{"text": v.text, "name": v.name, "color": list(v.color),
+                                           "terminology": v.terminology, "matched_by": v.matched_by,
+                                           "description": v.describe()} for v in previews]})
+
+    @app.get("/v1/models")
+    @replying
+    async def models(request: Request) -> Response:
+        return JSONResponse({"models": await run_in_threadpool(installed_model_list)})
+
     @app.post("/v1/jobs/{job_id}/cancel")
     async def cancel(job_id: str) -> JSONResponse:
         return JSONResponse({"job": job_id[:64], "state": runner.cancel(job_id)})
 
     return RequestGuard(app, token)
+
+
+def prompt_choices(state: EngineState, organ: str | None) -> dict[str, Any]:
+    from usvlm.session import completions, organ_choices, presets
+
+    banks = state.resolver.banks
+    if organ is not None:
+        banks.bank_id(organ)  # an unknown organ is a one-line InputError (400)
+    return {"organ": organ, "organs": [list(o) for o in organ_choices(banks)],
+            "completions": completions(banks, organ), "presets": presets(banks, organ)}
+
+
+def installed_model_list() -> list[dict[str, Any]]:
+    """The installed models with a one-line summary each (manifests read bounded and validated
+    by the registry; one that fails is listed with its problem, not dropped silently)."""
+    from usvlm.model.registry import installed_models
+    from usvlm.session import model_summary
+
+    return [{"name": str(m.get("name") or path.name), "path": str(path), "summary": model_summary(m)}
+            for path, m in installed_models()]
 
 
 def engine_info(state: EngineState, runner: JobRunner) -> dict[str, Any]:
