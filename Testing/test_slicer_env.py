@@ -26,7 +26,7 @@ FORBIDDEN = ("torch", "usvlm", "open_clip", "transformers", "fastapi", "uvicorn"
              "pydantic", "SimpleITK", "skimage", "highdicom", "slicerio")
 # The modules that run inside Slicer's Python and talk to the engine.
 CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process",
-                  "USVLMSegmentLib.segment_history")
+                  "USVLMSegmentLib.segment_history", "USVLMSegmentLib.engine_env")
 
 _IMPORT_CHECK = """
 import json, sys
