@@ -392,10 +392,10 @@ class InstallJob:
     def poll(self) -> List[InstallEvent]:
         """Advance without blocking (but for the quick in-process steps); the events since the
         last call."""
-        if self.state == "pending":
-            self._begin()
-        if self.state == "running":
+        if self.state in ("pending", "running"):
             try:
+                if self.state == "pending":
+                    self._begin()
                 self._advance()
             except _StepError as exc:
                 self._fail(str(exc))
