@@ -121,8 +121,10 @@ def test_cine_of_30_frames_with_progress_and_a_click(engine):
         engine.refine(reply.result_id, PostOptions(point=Point(160, 120, frame=40)))
 
 
-def test_cancel_mid_cine(engine):
-    cine = grey((30, 240, 320), seed=3)
+def _cine_in_background(engine, seed: int) -> tuple[threading.Thread, list]:  # noqa: ANN001
+    """Start contouring a 30-frame cine on another thread; return once its first progress event
+    has arrived (the job is running in the engine). `outcome` gets the reply or the EngineError."""
+    cine = grey((30, 240, 320), seed=seed)
     outcome: list = []
     started = threading.Event()
 
@@ -135,6 +137,11 @@ def test_cancel_mid_cine(engine):
     worker = threading.Thread(target=run)
     worker.start()
     assert started.wait(30)
+    return worker, outcome
+
+
+def test_cancel_mid_cine(engine):
+    worker, outcome = _cine_in_background(engine, seed=3)
     t0 = time.monotonic()
     assert engine.cancel() is True  # acknowledged and stopped: the engine is not killed
     worker.join(10)
@@ -147,19 +154,7 @@ def test_cancel_mid_cine(engine):
 def test_engine_killed_mid_request_is_restarted(engine):
     before = engine.pid
     engine.take_events()
-    cine = grey((30, 240, 320), seed=4)
-    outcome: list = []
-    started = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome.append(engine.segment(cine, ["mass"], progress=lambda p: started.set()))
-        except EngineError as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    assert started.wait(30)
+    worker, outcome = _cine_in_background(engine, seed=4)
     os.kill(before, signal.SIGKILL)
     worker.join(120)
     assert isinstance(outcome[0], EngineCrashed), outcome
