@@ -268,3 +268,29 @@ def test_prompt_choices_preview_and_models_come_from_the_engine(engine):
         engine.preview("mass\u2028cyst")  # a line separator: refused like on the command line
     names = [m.name for m in engine.models()]
     assert "usvlm-default" in names and all(m.summary for m in engine.models())
+
+
+@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "US1_UNCR.dcm", "gdcm-US-ALOKA-16.dcm"])
+def test_calibration_from_the_dicom_header_follows_the_readers_rule(engine, name):
+    """Slicer loads an uncalibrated US DICOM with 1 mm spacing; the engine tells from the header
+    (no pixel data sent) what the core's reader says of the whole file."""
+    from conftest import us_file
+    from USVLMSegmentLib.dicom_header import header_bytes
+
+    from usvlm.io import read_image
+
+    path = us_file(name)
+    header = header_bytes(str(path))
+    assert len(header) < path.stat().st_size  # the pixel data stayed behind
+    remote = engine.calibration(header, name)
+    image = read_image(path)
+    assert remote.calibrated == image.geometry.calibrated
+    assert remote.source == image.info.spacing_source
+    assert remote.spacing_mm == pytest.approx((image.geometry.spacing_x, image.geometry.spacing_y))
+    assert remote.field_of_view == (tuple(image.info.field_of_view) if image.info.field_of_view else None)
+
+
+def test_a_header_that_is_not_dicom_is_one_line(engine):
+    with pytest.raises(EngineError) as caught:
+        engine.calibration(b"not a dicom header at all", "junk.dcm")
+    assert "junk.dcm" in str(caught.value) and "\n" not in str(caught.value)

@@ -26,7 +26,7 @@ FORBIDDEN = ("torch", "usvlm", "open_clip", "transformers", "fastapi", "uvicorn"
              "pydantic", "SimpleITK", "skimage", "highdicom", "slicerio")
 # The modules that run inside Slicer's Python and talk to the engine.
 CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process",
-                  "USVLMSegmentLib.segment_history", "USVLMSegmentLib.engine_env")
+                  "USVLMSegmentLib.segment_history", "USVLMSegmentLib.dicom_header", "USVLMSegmentLib.engine_env")
 
 _IMPORT_CHECK = """
 import json, sys
@@ -70,6 +70,7 @@ _CLIENT_RUN = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
+from USVLMSegmentLib.dicom_header import header_bytes
 from USVLMSegmentLib.engine_client import ImageData, PostOptions
 from USVLMSegmentLib.engine_process import LocalEngine
 
@@ -79,7 +80,9 @@ with LocalEngine(sys.argv[2], model=sys.argv[3], device="cpu", start_timeout=240
     image = ImageData(pixels, (0.2, 0.2), calibrated=True)
     reply = engine.segment(image, ["cyst", "mass"])
     refined = engine.refine(reply.result_id, PostOptions(threshold=0.9))
-    out = {"model": info.model.name,
+    calibration = engine.calibration(header_bytes(sys.argv[6]), "ultrasound.dcm")  # Slicer's pydicom
+    out = {"model": info.model.name, "spacing": list(calibration.spacing_mm),
+           "calibrated": calibration.calibrated, "source": calibration.source,
            "masks": [s.mask.astype(int).tolist() for s in reply.segments],
            "units": [s.measurements.unit for s in reply.segments],
            "refined_sums": [int(s.mask.sum()) for s in refined.segments]}
@@ -94,6 +97,7 @@ def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
     environment (the project's), contour two prompts, refine; the masks equal the in-process
     engine's, and nothing outside Slicer's bundle was imported on the Slicer side."""
     import numpy as np
+    from conftest import us_file
     from models import save_tiny_model
 
     from usvlm.engine import Segmenter
@@ -104,8 +108,9 @@ def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
     rng = np.random.default_rng(3)
     pixels = (rng.random((48, 64)) * 255).astype(np.uint8)
     np.save(tmp_path / "pixels.npy", pixels)
+    dicom = us_file("gdcm-US-ALOKA-16.dcm")
     proc = subprocess.run([str(python), "-c", _CLIENT_RUN, str(MODULE_DIR), sys.executable, str(model),
-                           str(tmp_path / "pixels.npy"), json.dumps(FORBIDDEN)],
+                           str(tmp_path / "pixels.npy"), json.dumps(FORBIDDEN), str(dicom)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -117,3 +122,9 @@ def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
     for remote, here in zip(result["masks"], local.results):
         assert np.array_equal(np.asarray(remote, dtype=bool), here.mask)
     assert all(r <= int(np.asarray(m).sum()) for r, m in zip(result["refined_sums"], result["masks"]))
+    # The header read by Slicer's pydicom 2.4, calibrated by the engine as the core reads the file.
+    from usvlm.io import read_image
+
+    image = read_image(dicom)
+    assert result["calibrated"] and result["source"] == image.info.spacing_source == "ultrasound_region"
+    assert result["spacing"] == pytest.approx([image.geometry.spacing_x, image.geometry.spacing_y])

@@ -422,6 +422,17 @@ class PromptPreview:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """What the engine read from a DICOM header: sizes are in mm only when `calibrated`."""
+
+    spacing_mm: Tuple[float, float]  # (x, y)
+    calibrated: bool
+    source: str  # ultrasound_region | pixel_spacing | imager_pixel_spacing | none
+    field_of_view: Optional[Tuple[int, int, int, int]]  # [x0, y0, x1, y1] inclusive, or None
+    warnings: List[str]
+
+
+@dataclass(frozen=True)
 class InstalledModel:
     name: str
     path: str
@@ -566,6 +577,24 @@ class EngineClient:
                     for v in self._json(body)["previews"]]
         except (KeyError, TypeError, ValueError):
             raise EngineProtocolError("the engine's prompt preview is incomplete") from None
+
+    def calibration(self, dicom_header: bytes, name: Optional[str] = None,
+                    timeout: float = 30.0) -> Calibration:
+        """Spacing, calibration and field of view of an image from its DICOM header (the bytes of
+        the file without its pixel data; see dicom_header.py): Slicer's DICOM plugins give an
+        uncalibrated ultrasound image 1 mm spacing without saying so."""
+        header = {"name": name} if name else {}
+        arrays = [("header", np.frombuffer(dicom_header, dtype=np.uint8), "raw")]
+        _, _, body = self._call("POST", "/v1/calibration", encode_frame(header, arrays), timeout)
+        data = self._json(body)
+        try:
+            fov = data.get("field_of_view")
+            return Calibration((float(data["spacing_mm"][0]), float(data["spacing_mm"][1])),
+                               bool(data["calibrated"]), str(data["source"]),
+                               tuple(int(v) for v in fov) if fov else None,  # type: ignore[arg-type]
+                               [str(w) for w in data.get("warnings") or []])
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise EngineProtocolError("the engine's calibration reply is incomplete") from None
 
     def models(self, timeout: float = 30.0) -> List[InstalledModel]:
         """The models installed where the engine runs, each with a one-line summary."""

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, TypeVar, Union
 
-from .engine_client import (ClassifyReply, EngineCancelled, EngineClient, EngineError, EngineInfo,
-                            EngineUnavailable, ImageData, InstalledModel, PostOptions, PromptChoices,
-                            PromptPreview, SegmentReply)
+from .engine_client import (Calibration, ClassifyReply, EngineCancelled, EngineClient, EngineError,
+                            EngineInfo, EngineUnavailable, ImageData, InstalledModel, PostOptions,
+                            PromptChoices, PromptPreview, SegmentReply)
 
 LISTENING = "USVLM-ENGINE LISTENING "
 TOKEN_ENV = "USVLM_ENGINE_TOKEN"
@@ -297,6 +297,9 @@ class LocalEngine:
 
     def models(self) -> List[InstalledModel]:
         return self._run(lambda c: c.models())
+
+    def calibration(self, dicom_header: bytes, name: Optional[str] = None) -> Calibration:
+        return self._run(lambda c: c.calibration(dicom_header, name))
 
     def cancel(self, job: Optional[str] = None) -> bool:
         """Cancel the running job(s). True when the engine acknowledged and stopped them within

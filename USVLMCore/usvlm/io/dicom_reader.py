@@ -119,10 +119,7 @@ def _read_dicom(path: Path) -> USImage:
                      photometric=photometric,
                      transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")) or None,
                      frame_time_ms=_frame_time_ms(ds), dicom_header=_header_only(header))
-    info.regions = _regions(ds)
-    spacing, source_of_spacing, calibrated = _spacing(path, ds, info)
-    info.spacing_source = source_of_spacing
-    _set_field_of_view(info, rows, columns)
+    spacing, calibrated = calibrate(path, ds, info, rows, columns)
     geometry = _geometry(ds, spacing, calibrated)
     return USImage(pixels=pixels, geometry=geometry, info=info, is_rgb=is_rgb, is_cine=frames > 1)
 
@@ -412,6 +409,17 @@ def _header_only(header: Dataset) -> Dataset:
         if keyword in header:
             del header[keyword]
     return header
+
+
+def calibrate(path: Path, ds: Dataset, info: ImageInfo, rows: int,
+              columns: int) -> tuple[tuple[float, float], bool]:
+    """The pixel spacing (x, y) in mm and whether it is calibrated, by the one rule of USVLM
+    (the 2D tissue ultrasound region, else Pixel Spacing, else Imager Pixel Spacing, else none);
+    fills `info`'s regions, spacing source, field of view and warnings. Needs the header only."""
+    info.regions = _regions(ds)
+    spacing, info.spacing_source, calibrated = _spacing(path, ds, info)
+    _set_field_of_view(info, rows, columns)
+    return spacing, calibrated
 
 
 def _regions(ds: Dataset) -> list[UltrasoundRegion]:

@@ -179,6 +179,21 @@ def create_app(state: EngineState, runner: JobRunner, token: str) -> RequestGuar
                                            "terminology": v.terminology, "matched_by": v.matched_by,
                                            "description": v.describe()} for v in previews]})
 
+    @app.post("/v1/calibration")
+    @replying
+    async def calibration(request: Request) -> Response:
+        """Pixel spacing, calibration and field of view from a DICOM header (no pixel data needed):
+        the one rule of the core's reader, for images Slicer loaded with a placeholder spacing."""
+        from usvlm.io.dicom_calibration import calibration_from_header
+
+        frame = await read_frame(request, ("header",))
+        data = frame.arrays.get("header")
+        if data is None or data.ndim != 1:
+            raise bad("send the DICOM header as one uint8 array named 'header'")
+        name = str(frame.header.get("name") or "DICOM header")[:200]
+        result = await run_in_threadpool(calibration_from_header, data.tobytes(), name)
+        return JSONResponse(result.to_dict())
+
     @app.get("/v1/models")
     @replying
     async def models(request: Request) -> Response:
