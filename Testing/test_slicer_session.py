@@ -270,7 +270,7 @@ def test_add_to_cohort_is_read_by_training(tmp_path):
     assert samples[0].structures[0].malignancy == "malignant"
 
 
-def test_add_to_cohort_refuses_bad_input(tmp_path):
+def test_add_to_cohort_refuses_bad_input(tmp_path, monkeypatch):
     from usvlm.cohort import add_to_cohort
     from usvlm.io.segmentation import Segment
 
@@ -278,6 +278,11 @@ def test_add_to_cohort_refuses_bad_input(tmp_path):
     seg = Segment("A", np.ones((20, 20), bool))
     with pytest.raises(InputError, match="does not exist"):
         add_to_cohort(tmp_path / "missing", image, [seg])
+    # An empty folder box (Slicer's path widget gives "") is not the working directory.
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        with pytest.raises(InputError, match="no cohort folder"):
+            add_to_cohort(empty, image, [seg])
     with pytest.raises(InputError, match="label"):
         add_to_cohort(tmp_path, image, [seg], label="maybe")
     with pytest.raises(InputError, match="unique"):

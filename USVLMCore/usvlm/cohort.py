@@ -71,6 +71,10 @@ def add_to_cohort(folder: str | os.PathLike[str], image: USImage, segments: Sequ
     """Write one sample (frame `frame` of a cine) and return the path of its .seg.nrrd."""
     from usvlm.io.seg_nrrd import write_seg_nrrd
 
+    if not str(folder).strip():
+        # An empty path box in Slicer gives "", which Path() turns into the working directory:
+        # samples would land wherever Slicer happened to start.
+        raise InputError(None, "no cohort folder chosen: pick the folder of the training cohort")
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "cohort folder does not exist")
