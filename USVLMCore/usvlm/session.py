@@ -244,6 +244,8 @@ class InteractiveSession:
     output: SegmentationOutput | None = None
     summaries: list[dict[str, Any]] = field(default_factory=list)
     segment_ids: list[str] = field(default_factory=list)  # Slicer segment id of each result
+    # Measure refined masks (False while a slider moves: measuring costs ~0.3 s per mask).
+    measure: bool = True
 
     def set_output(self, output: SegmentationOutput, summaries: Sequence[dict[str, Any]] = (),
                    segment_ids: Sequence[str] = ()) -> None:
@@ -294,11 +296,12 @@ class InteractiveSession:
         return [self.refine(i, settings) for i in range(len(self._output().results))]
 
     def _update_summary(self, index: int) -> None:
-        """New measurements for a refined mask; the classification of the run is kept."""
+        """New measurements (when `measure`) for a refined mask; the classification of the run is
+        kept."""
         from usvlm.report import summarize_result
 
         output = self._output()
-        fresh = summarize_result(output.results[index], output)
+        fresh = summarize_result(output.results[index], output, measure=self.measure)
         if index < len(self.summaries) and "classification" in self.summaries[index]:
             fresh["classification"] = self.summaries[index]["classification"]
         while len(self.summaries) <= index:

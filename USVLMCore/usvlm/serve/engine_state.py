@@ -68,39 +68,9 @@ class StoredImage:
                        is_rgb=self.rgb, is_cine=self.cine)
 
 
-def quick_summary(result: Any, output: Any) -> dict[str, Any]:
-    """What a reply needs without measuring (measurements take ~0.3 s on a 640x480 mask: too slow
-    while a slider moves); the client asks for them when the user stops."""
-    masks = result.mask if result.mask.ndim == 3 else result.mask[np.newaxis]
-    areas = masks.reshape(len(masks), -1).sum(axis=1)
-    return {"prompt": result.prompt.text, "name": result.prompt.name,
-            "matched_by": result.prompt.matched_by, "color": list(result.prompt.color),
-            "score": round(result.score, 4), "empty": not bool(areas.any()),
-            "frame": output.frames[int(np.argmax(areas))], "options": result.options.to_dict()}
-
-
-class EngineSession(InteractiveSession):
-    """The session's refine, with measurements only when asked for."""
-
-    measure: bool = True
-
-    def _update_summary(self, index: int) -> None:
-        if self.measure:
-            super()._update_summary(index)
-            return
-        output = self._output()
-        previous = self.summaries[index] if index < len(self.summaries) else {}
-        fresh = quick_summary(output.results[index], output)
-        if "classification" in previous:
-            fresh["classification"] = previous["classification"]
-        while len(self.summaries) <= index:
-            self.summaries.append({})
-        self.summaries[index] = fresh
-
-
 @dataclass
 class StoredResult:
-    session: EngineSession
+    session: InteractiveSession
     image: str  # content id of the image it was made from
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -188,13 +158,10 @@ class EngineState:
         summaries = []
         for result in output.results:  # measuring and classifying: stages of their own
             ctx.cancel.check()
-            if call.measure:
-                summaries.append(summarize_result(result, output,
-                                                  self.segmenter if call.classify else None))
-            else:
-                summaries.append(self._quick_classified(result, output, call.classify))
+            summaries.append(summarize_result(result, output, self.segmenter if call.classify else None,
+                                              measure=call.measure))
         ctx.cancel.check()
-        session = EngineSession()
+        session = InteractiveSession()
         session.measure = call.measure
         session.set_output(output, summaries)
         if o.point is not None:  # a click: the component under it, as refine does
@@ -205,15 +172,6 @@ class EngineState:
         reply = self._reply(result_id, image_key, session, range(len(output.results)))
         reply.timings_ms["job_ms"] = (time.perf_counter() - started) * 1e3  # all the engine's work
         return reply
-
-    def _quick_classified(self, result: Any, output: Any, classify: bool) -> dict[str, Any]:
-        summary = quick_summary(result, output)
-        if classify and self.segmenter.model.cls_head is not None and not summary["empty"]:
-            t = output.frames.index(summary["frame"])
-            mask = result.mask[t] if result.mask.ndim == 3 else result.mask
-            summary["classification"] = self.segmenter.classify(
-                output.image, mask, frame=summary["frame"] if output.image.is_cine else 0)
-        return summary
 
     def refine(self, call: RefineCall) -> SegmentReply:
         """Post-processing only (threshold, hole filling, smallest area, the region under a point)
