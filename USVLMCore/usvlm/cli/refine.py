@@ -15,6 +15,7 @@ from typing import Any
 
 from usvlm.cli._common import add_force_arg
 from usvlm.errors import InputError, OutputError, USVLMError
+from usvlm.io.output_plan import same_file
 
 MAX_COUNT = 50
 MAX_INPUT_BYTES = 256 * 2**20  # a captions file; millions of captions fit
@@ -168,17 +169,6 @@ def _stat(path: Path) -> os.stat_result | None:
         raise InputError(path, f"cannot read: {exc.strerror}") from None
 
 
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop
-        return path.absolute()
-
-
-def _same(a: os.stat_result | None, b: os.stat_result | None) -> bool:
-    return a is not None and b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def _plan_batch(args: argparse.Namespace) -> BatchPlan:
     """Check every path the batch reads or writes before any work: the input is a regular file
     of sane size; the output is not the input (by inode, so links count), not an existing file
@@ -196,7 +186,7 @@ def _plan_batch(args: argparse.Namespace) -> BatchPlan:
     if not output.parent.is_dir():
         raise OutputError(output, f"output folder {output.parent} does not exist")
     output_info = _stat(output)
-    if _same(source_info, output_info) or _resolved(output) == _resolved(source):
+    if same_file(output, source):
         raise OutputError(output, "is the --input file; write the refined captions elsewhere")
     if output_info is not None and not stat.S_ISREG(output_info.st_mode):
         raise OutputError(output, "exists and is not a regular file")
@@ -206,13 +196,12 @@ def _plan_batch(args: argparse.Namespace) -> BatchPlan:
     if partial_info is not None and not stat.S_ISREG(partial_info.st_mode):
         raise OutputError(partial, "the progress file of an earlier run is not a regular file; "
                                    "remove it")
-    if _same(source_info, partial_info):
+    if partial_info is not None and same_file(partial, source):
         raise OutputError(output, f"its progress file {partial.name} is the --input file")
     if not args.no_cache and args.cache:
         cache = Path(args.cache)
-        cache_info = _stat(cache)
-        for path, info in ((source, source_info), (output, output_info), (partial, partial_info)):
-            if _same(cache_info, info) or _resolved(cache) == _resolved(path):
+        for path in (source, output, partial):
+            if same_file(cache, path):
                 raise InputError(cache, f"the --cache file is {path}; give another file")
     return BatchPlan(source, output, partial)
 

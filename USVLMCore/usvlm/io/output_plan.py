@@ -32,6 +32,16 @@ def _resolved(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same resolved path, or (through a hard link or a
+    symlink) the same inode."""
+    a, b = Path(a), Path(b)
+    if _resolved(a) == _resolved(b):
+        return True
+    ida = _identity(a)
+    return ida is not None and ida == _identity(b)
+
+
 class OutputPlan:
     """The outputs of one command, checked against its inputs and against existing files."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from usvlm.errors import InputError
+from usvlm.io.bounded_file import read_bounded_file
 from usvlm.text.llm_reply import RefinerError, loads
 
 MAX_CONFIG_BYTES = 4 * 2**20  # config.json / tokenizer_config.json: a few KB in practice
@@ -21,18 +22,10 @@ _WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 def _json_file(path: Path) -> Any:
     """The parsed JSON of a small regular file in the model folder; InputError otherwise."""
+    data = read_bounded_file(path, "model configuration", MAX_CONFIG_BYTES)  # no FIFO, no device
     try:
-        info = path.stat()
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(path, "not a regular file")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise InputError(path, f"{info.st_size} bytes; a model configuration is at most "
-                               f"{MAX_CONFIG_BYTES}")
-    try:
-        return loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(path, f"not valid JSON ({exc})".replace("\n", " ")) from None
 
 
