@@ -429,3 +429,22 @@ def test_a_prompt_bank_that_is_not_a_file_is_refused_at_once(kind, tmp_path):
     assert proc.stdout.startswith("InputError") and "not a regular file" in proc.stdout, proc.stdout + proc.stderr
     with pytest.raises(InputError):
         load_banks(extra=[bank])
+
+
+def test_a_failing_finalizer_prints_no_traceback(monkeypatch, capsys):
+    """A library object half built when SIGTERM arrived fails in its __del__ (imageio's Pillow
+    plugin did, during `phantom`): the command's output stays one line, no traceback."""
+    import usvlm.cli as cli
+
+    class HalfBuilt:
+        def __del__(self):
+            raise AttributeError("'HalfBuilt' object has no attribute 'images_to_write'")
+
+    def run(argv):  # noqa: ANN001, ANN202
+        HalfBuilt()  # collected at once: its finalizer fails while the command runs
+        return 0
+
+    monkeypatch.setattr(cli, "_main", run)
+    assert cli.main([]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "images_to_write" not in err, err

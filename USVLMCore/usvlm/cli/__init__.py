@@ -62,11 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
                 previous[sig] = signal.signal(sig, _on_signal)
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable
     try:
         return _main(argv)
     finally:
+        sys.unraisablehook = hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _quiet_unraisable(unraisable) -> None:  # noqa: ANN001
+    """An error inside a finalizer (`__del__`) is not the user's: a library object half built when
+    Ctrl-C / SIGTERM arrived fails to close itself, and Python would print its traceback after
+    our one-line message. It goes to the debug log (-v) instead."""
+    logging.getLogger("usvlm.cli").debug("ignored in %r: %s", unraisable.object, unraisable.exc_value,
+                                         exc_info=(unraisable.exc_type, unraisable.exc_value,
+                                                   unraisable.exc_traceback))
 
 
 def _main(argv: Sequence[str] | None) -> int:
