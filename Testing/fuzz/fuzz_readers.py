@@ -181,14 +181,14 @@ def dicom_field(rng: random.Random, data: bytes) -> bytes:
     if rng.random() < 0.6:
         group, element = rng.choice(list(US_TAGS.values()))
         at = data.find(struct.pack("<HH", group, element) + b"US\x02\x00")
-        if at < 0:
+        if at < 0 or len(data) < at + 10:
             return flip_bits(rng, data)
         value = struct.pack("<H", rng.choice(INTERESTING_U16))
         return data[:at + 8] + value + data[at + 10:]
     group, element = rng.choice(list(STRING_TAGS.values()))
     at = data.find(struct.pack("<HH", group, element))
-    if at < 0 or data[at + 4:at + 6] not in (b"IS", b"CS", b"UI", b"DS"):
-        return flip_bits(rng, data)
+    if at < 0 or len(data) < at + 8 or data[at + 4:at + 6] not in (b"IS", b"CS", b"UI", b"DS"):
+        return flip_bits(rng, data)  # (a tag's bytes found too near the end are no element)
     length = struct.unpack("<H", data[at + 6:at + 8])[0]
     value = rng.choice(STRING_VALUES)
     value += b" " * (len(value) % 2)
