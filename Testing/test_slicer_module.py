@@ -2,8 +2,8 @@
 
 Slicer cannot run here: the module files must compile, the .ui must parse and hold every widget
 the Python names, the CMake lists must name exactly the files that exist, and importing the
-module must not load torch. The worker thread, dependency checks and resource lookup are plain
-Python and run for real (the worker with a tiny model built offline).
+module must not load torch or the core (the model runs in the engine process). Resource lookup
+is plain Python and runs for real.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def test_importing_the_module_loads_no_torch():
     seen: set[str] = set()
     todo = ["__main__"]
     files = {"__main__": MODULE / "USVLMSegment.py"}
-    heavy = {"torch", "transformers", "open_clip", "peft", "scipy", "skimage", "jsonschema", "slicerio"}
+    heavy = {"torch", "transformers", "open_clip", "peft", "scipy", "skimage", "jsonschema", "slicerio",
+             "pydicom", "SimpleITK", "highdicom", "fastapi", "uvicorn"}
     while todo:
         name = todo.pop()
         path = files.get(name) or _source(name)
@@ -123,7 +124,9 @@ def test_importing_the_module_loads_no_torch():
                 if mod not in seen:
                     seen.add(mod)
                     todo.append(mod)
-    assert "usvlm.session" in seen and "USVLMSegmentLib.selftest" in seen
+    assert "USVLMSegmentLib.widget" in seen and "USVLMSegmentLib.selftest" in seen
+    core = sorted(m for m in seen if m.split(".")[0] == "usvlm")
+    assert not core, f"Slicer's Python must not import the core (it runs in the engine): {core}"
 
 
 # -- the .ui file --------------------------------------------------------------------------------
@@ -143,151 +146,41 @@ def test_ui_names_every_widget_the_python_uses():
 
 
 def test_ui_parameter_names_match_the_parameter_node():
-    source = (MODULE / "USVLMSegment.py").read_text()
+    source = (LIB / "parameters.py").read_text()
     body = source.split("class USVLMSegmentParameterNode:")[1].split("\nclass ")[0]
     fields = set(re.findall(r"^\s{4}(\w+):", body, re.M))
     bound = {w.find("property[@name='SlicerParameterName']/string").text
              for w in _ui_widgets().values() if w.find("property[@name='SlicerParameterName']") is not None}
     assert bound <= fields, f"unknown parameter names in the .ui: {sorted(bound - fields)}"
-    from usvlm.session import ModuleDefaults
-    # Every parameter with a default takes it from usvlm.session.DEFAULTS.
+    from USVLMSegmentLib.module_defaults import ModuleDefaults
+    # Every parameter with a default takes it from module_defaults.DEFAULTS.
     for name in re.findall(r"Default\(DEFAULTS\.(\w+)", body):
         assert name in ModuleDefaults.__dataclass_fields__
 
 
-# -- dependencies and resources ------------------------------------------------------------------
+# -- resources ---------------------------------------------------------------------------------
 
-def test_requirements_never_touch_slicer_packages():
-    from USVLMSegmentLib.dependencies import (SLICER_BUNDLED, TORCH_PACKAGES, install_summary,
-                                              missing_requirements, parse_requirements)
-
-    reqs = parse_requirements()
-    names = {r.name for r in reqs}
-    assert "open-clip-torch" in names and not names & (SLICER_BUNDLED - {"pydicom"})
-    assert not names & TORCH_PACKAGES  # torch comes from PyTorchUtils
-    assert missing_requirements() == []  # this environment has everything
-    assert "PyTorch extension" in install_summary(reqs[:1], True)
-
-
-def test_missing_and_outdated_requirements(tmp_path):
-    from USVLMSegmentLib.dependencies import missing_requirements
-
-    req = tmp_path / "requirements.txt"
-    req.write_text("# comment\nnumpy>=999\nSimpleITK\ntorch>=99\nsafetensors>=0.1\n"
-                   "usvlm-no-such-package>=1.0\nslicerio>=999.0  # too old\n")
-    lines = [r.line for r in missing_requirements(req)]
-    # Slicer's own numpy / SimpleITK and torch are never reinstalled, even when "too old".
-    assert lines == ["usvlm-no-such-package>=1.0", "slicerio>=999.0"]
-
-
-def test_resources_are_found_in_the_source_tree(monkeypatch):
+def test_resources_are_found_in_the_source_tree():
     from USVLMSegmentLib import resources
 
     assert resources.prompt_folder() == ROOT / "Resources" / "prompts"
     assert resources.sample_image() == ROOT / "Resources" / "Samples" / "phantom_breast_us.dcm"
-    monkeypatch.delenv("USVLM_PROMPT_DIR", raising=False)
-    resources.configure_environment()
-    import os
-
-    assert os.environ["USVLM_PROMPT_DIR"] == str(ROOT / "Resources" / "prompts")
     from usvlm.text.banks import load_banks
 
     assert len(load_banks(resources.prompt_folder())) >= 5
+    # Outside Slicer there is no PythonSlicer: the engine environment is made from this Python.
+    assert resources.slicer_python() in (sys.executable, __import__("shutil").which("PythonSlicer"))
 
 
-# -- the worker thread ---------------------------------------------------------------------------
-
-_BACKLOG: dict[tuple[int, int], list] = {}  # events polled while waiting for another job
-
-
-def _wait(worker, job, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in worker.poll():
-            _BACKLOG.setdefault((id(worker), event.job), []).append(event)
-        events = _BACKLOG.get((id(worker), job), [])
-        if events and events[-1].kind != "progress":
-            return _BACKLOG.pop((id(worker), job))
-        time.sleep(0.01)
-    raise AssertionError("worker did not finish")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("slicer-worker") / "model")
-
-
-def test_worker_runs_segment_jobs_and_keeps_the_model(tiny_dir):
-    import threading
-
-    from usvlm.engine import Segmenter
-    from usvlm.postprocess import PostprocessOptions
-    from usvlm.io.volume_arrays import image_from_volume_array
-    from USVLMSegmentLib.resources import prompt_folder
-    from USVLMSegmentLib.worker import SegmentRequest, Worker, segment_job
-
-    image = image_from_volume_array(np.random.default_rng(0).integers(0, 255, (3, 64, 80), dtype=np.uint8),
-                                    np.diag([-0.2, -0.2, 1.0, 1.0]), is_vector=False)
-    request = SegmentRequest(image, ["cyst", "breast mass"], tiny_dir, "cpu", "breast", [1],
-                             PostprocessOptions(threshold=0.5), True, prompt_folder())
-    worker = Worker()
-    try:
-        events = _wait(worker, worker.submit(segment_job(request)))
-        assert [e.kind for e in events][-1] == "done", events[-1].payload
-        stages = {e.payload[2] for e in events if e.kind == "progress"}
-        assert {"loading model", "encoding image", "done"} <= stages
-        response = events[-1].payload
-        assert response.output.frames == [1] and response.output.results[0].mask.shape == (64, 80)
-        assert len(response.summaries) == 2
-        assert all("classification" in s for s in response.summaries if not s["empty"])
-        # The same result as the core's own run on the same input, organ and bank.
-        reference = Segmenter(tiny_dir, device="cpu", organ="breast").segment(
-            image, ["cyst", "breast mass"], frames=[1], threshold=0.5)
-        for got, want in zip(response.output.results, reference.results):
-            assert got.prompt.name == want.prompt.name and got.prompt.matched_by != "none"
-            np.testing.assert_array_equal(got.mask, want.mask)
-        segmenter = worker._state["segmenter"]
-        # A second job reuses the loaded model and the cached image features.
-        events = _wait(worker, worker.submit(segment_job(request)))
-        assert worker._state["segmenter"] is segmenter
-        assert "loading model" not in {e.payload[2] for e in events if e.kind == "progress"}
-        # Jobs run on the worker thread, never on the caller's.
-        ran_on = _wait(worker, worker.submit(lambda ctx: threading.current_thread().name))[-1].payload
-        assert ran_on == "USVLMWorker"
-    finally:
-        worker.shutdown()
-
-
-def test_worker_reports_errors_and_cancel(tiny_dir):
-    from usvlm.errors import USVLMError
-    from USVLMSegmentLib.worker import SegmentRequest, Worker, segment_job
-
-    worker = Worker()
-    try:
-        bad = SegmentRequest(None, ["cyst"], "/nonexistent/model")
-        event = _wait(worker, worker.submit(segment_job(bad)))[-1]
-        assert event.kind == "error" and isinstance(event.payload[0], USVLMError)
-        assert "not found" in str(event.payload[0])
-
-        started = __import__("threading").Event()
-
-        def slow(ctx):
-            started.set()
-            for _ in range(500):
-                ctx.cancel.check()
-                time.sleep(0.01)
-            return "finished"
-
-        job = worker.submit(slow)
-        queued = worker.submit(lambda ctx: "never")
-        assert started.wait(10)
-        worker.cancel()
-        assert _wait(worker, job)[-1].kind == "cancelled"
-        assert _wait(worker, queued)[-1].kind == "cancelled"
-        assert not worker.busy
-        assert _wait(worker, worker.submit(lambda ctx: 42))[-1].payload == 42  # still alive
-    finally:
-        worker.shutdown()
+def test_the_module_never_installs_into_slicers_python():
+    """No pip, ltt or slicer.util.pip_install call on the Slicer side: packages go into the
+    engine's own environment only (engine_env.py runs pip with the environment's Python)."""
+    bad = {"pip_install", "pip_ensure", "installTorch", "pydeps", "launchConsoleProcess"}
+    for path in [MODULE / "USVLMSegment.py", *LIB.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+            assert name not in bad, f"{path.name}:{node.lineno} uses {name}"
+    assert not (MODULE / "Resources" / "requirements.txt").exists()
 
 
 # Keys of Slicer's extension catalog entry schema (Schemas/slicer-extension-catalog-entry-schema-v1.0.1).

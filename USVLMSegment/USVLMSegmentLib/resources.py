@@ -6,7 +6,8 @@ USVLMSegment.py (CMake installs them there). Source tree: `<repo>/Resources/...`
 
 from __future__ import annotations
 
-import os
+import shutil
+import sys
 from pathlib import Path
 
 MODULE_DIR = Path(__file__).resolve().parent.parent  # the folder of USVLMSegment.py
@@ -29,9 +30,10 @@ def sample_image() -> Path | None:
     return next((p for p in _candidates("Samples", "phantom_breast_us.dcm") if p.is_file()), None)
 
 
-def configure_environment() -> None:
-    """Point the core at the bundled banks unless the user chose others ($USVLM_PROMPT_DIR), so
-    the command line tools run from Slicer's Python see the same banks as the module."""
-    folder = prompt_folder()
-    if folder is not None:
-        os.environ.setdefault("USVLM_PROMPT_DIR", str(folder))
+def slicer_python() -> str:
+    """Slicer's own Python launcher, from which the engine's environment is created. Inside
+    Slicer `sys.executable` is PythonSlicer (qSlicerCoreApplication sets it); Slicer's own
+    `_executePythonModule` looks it up on the PATH the same way."""
+    if Path(sys.executable).stem.lower().startswith("pythonslicer"):
+        return sys.executable
+    return shutil.which("PythonSlicer") or sys.executable

@@ -1,18 +1,19 @@
-"""The results panel: a table of `usvlm.session.ResultRow`s, copy to clipboard, save as CSV."""
+"""The results table: one row per segment, copy to clipboard, save as CSV."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import qt
 
+from .result_rows import COLUMNS, UNCALIBRATED_TIP, ResultRow, rows_csv
 
-def fill_table(table: Any, rows: Sequence[Any]) -> None:
+
+def fill_table(table: Any, rows: Sequence[ResultRow]) -> None:
     """Show one row per segment; uncalibrated sizes are labelled (px) and explained in the tip."""
-    from usvlm.session import COLUMNS
-
     table.clear()
     table.setColumnCount(len(COLUMNS))
     table.setHorizontalHeaderLabels(COLUMNS)
@@ -22,28 +23,30 @@ def fill_table(table: Any, rows: Sequence[Any]) -> None:
             item = qt.QTableWidgetItem(text)
             item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
             if not row.calibrated:
-                item.setToolTip("The image has no pixel spacing: sizes are in pixels, not mm.")
+                item.setToolTip(UNCALIBRATED_TIP)
             if row.empty:
                 item.setToolTip("Nothing found for this prompt at this threshold.")
             table.setItem(r, c, item)
     table.resizeColumnsToContents()
 
 
-def copy_to_clipboard(rows: Sequence[Any]) -> None:
-    from usvlm.session import rows_csv
-
+def copy_to_clipboard(rows: Sequence[ResultRow]) -> None:
     qt.QApplication.clipboard().setText(rows_csv(rows, delimiter="\t"))  # pastes into spreadsheets
 
 
-def save_csv(rows: Sequence[Any], parent: Any = None) -> Path | None:
-    from usvlm.io.atomic import atomic_output
-    from usvlm.session import rows_csv
-
+def save_csv(rows: Sequence[ResultRow], parent: Any = None) -> Optional[Path]:
+    """Ask where (the file dialog asks before replacing a file) and write it whole or not at all."""
     name = qt.QFileDialog.getSaveFileName(parent, "Save USVLM results", "usvlm-results.csv",
                                           "CSV files (*.csv)")
     if not name:
         return None
     path = Path(name)
-    with atomic_output(path) as tmp:
-        tmp.write_text(rows_csv(rows), encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".usvlm-", suffix=".csv", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(rows_csv(rows))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
