@@ -323,7 +323,8 @@ class InstallJob:
         version = self.env.base_version()
         if tuple(int(p) for p in version.split(".")[:2]) < self.env.min_python:
             raise _StepError(f"Python {version} cannot run the engine (it needs "
-                             f"{'.'.join(map(str, self.env.min_python))} or later)")
+                             f"{'.'.join(map(str, self.env.min_python))} or later): use a remote engine, "
+                             "or start Slicer with USVLM_ENGINE_BASE_PYTHON set to a newer Python")
         cmd = [self.env.base_python, "-m", "venv"]
         cfg = self.env.folder / "pyvenv.cfg"
         # Another base interpreter (Slicer upgraded): start afresh, its packages would not load.

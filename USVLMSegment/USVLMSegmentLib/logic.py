@@ -105,9 +105,11 @@ class USVLMSegmentLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def environment() -> EngineEnvironment:
         """The local engine's private environment, in the user's Slicer settings folder, created
-        from Slicer's own Python (nothing is installed into Slicer's site-packages)."""
+        from Slicer's own Python (nothing is installed into Slicer's site-packages), or from the
+        Python in $USVLM_ENGINE_BASE_PYTHON (Slicer 5.8's Python 3.9 is too old for the core)."""
         folder = Path(slicer.app.slicerUserSettingsFilePath).parent / "USVLM" / "engine-env"
-        return EngineEnvironment(folder, resources.slicer_python())
+        base = os.environ.get("USVLM_ENGINE_BASE_PYTHON") or resources.slicer_python()
+        return EngineEnvironment(folder, base)
 
     def engine(self, settings: Optional[EngineSettings] = None) -> EngineConnection:
         """The connection for `settings` (default: the saved ones); not connected yet."""
