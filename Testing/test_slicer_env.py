@@ -26,7 +26,8 @@ FORBIDDEN = ("torch", "usvlm", "open_clip", "transformers", "fastapi", "uvicorn"
              "pydantic", "SimpleITK", "skimage", "highdicom", "slicerio")
 # The modules that run inside Slicer's Python and talk to the engine.
 CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process",
-                  "USVLMSegmentLib.segment_history", "USVLMSegmentLib.dicom_header", "USVLMSegmentLib.engine_env")
+                  "USVLMSegmentLib.segment_history", "USVLMSegmentLib.dicom_header", "USVLMSegmentLib.engine_env",
+                  "USVLMSegmentLib.cohort_files")
 
 _IMPORT_CHECK = """
 import json, sys

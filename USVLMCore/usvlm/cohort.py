@@ -9,6 +9,10 @@ Layout (the Slicer-export layout of `usvlm_training.data.layouts.read_slicer`):
 De-identified: the id is a hash of the pixel values (the same image added twice replaces its
 earlier entry instead of duplicating it), and nothing of the source's DICOM header is written
 (no patient attributes, no dates, no UIDs). Burned-in text in the pixels is the user's to check.
+
+`cohort_sample` makes a sample's two files as bytes (the engine sends them to the Slicer module,
+which writes them where the user chose: USVLMSegmentLib/cohort_files.py); `add_to_cohort` writes
+them into a local folder.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +72,62 @@ def _set_label(folder: Path, sample_id: str, label: str | None) -> None:
         writer.writerows(sorted(rows))
 
 
+def _frame_mask(segment: Segment, image: USImage, frame: int) -> np.ndarray:
+    """The (H, W) mask of `segment` on frame `frame`: a cine's segment is (T, H, W) over the
+    cine, or (H, W) for that frame alone; a single image's is (H, W) (or (1, H, W))."""
+    mask = segment.mask
+    if mask.ndim == 3:
+        if mask.shape[0] == image.frames and image.is_cine:
+            mask = mask[frame]
+        elif mask.shape[0] == 1:
+            mask = mask[0]
+    if mask.shape != image.frame_shape:
+        grid = [image.frames, *image.frame_shape] if image.is_cine else list(image.frame_shape)
+        raise InputError(None, f"segment masks are not on the image grid: {segment.name!r} is "
+                               f"{list(segment.mask.shape)}, the image {grid}")
+    return mask
+
+
+@dataclass(frozen=True)
+class CohortSample:
+    """One de-identified training sample as file contents: `<id>.nrrd` (the image) and
+    `<id>.seg.nrrd` (its segments), in that order. Written by `add_to_cohort` here, or by the
+    Slicer module from the engine's reply (`POST /v1/cohort`) into a folder on the user's side."""
+
+    id: str
+    files: tuple[tuple[str, bytes], ...]
+
+    @property
+    def seg_name(self) -> str:
+        return f"{self.id}.seg.nrrd"
+
+
+def cohort_sample(image: USImage, segments: Sequence[Segment], *, frame: int = 0) -> CohortSample:
+    """The files of one sample (frame `frame` of a cine), as bytes: nothing is written anywhere
+    but a private temporary folder, removed before this returns."""
+    from usvlm.io.seg_nrrd import write_seg_nrrd
+
+    if not segments:
+        raise InputError(None, "no segments to add to the cohort")
+    names = [s.name for s in segments]
+    if len({n.casefold() for n in names}) != len(names):
+        raise InputError(None, f"segment names must be unique in a training sample: {', '.join(names)}")
+    if image.is_cine and not 0 <= frame < image.frames:
+        raise InputError(None, f"frame {frame} is out of range (the cine has {image.frames} frames)")
+    single = image.frame(frame) if image.is_cine else image
+    plain = [Segment(s.name, _frame_mask(s, image, frame), s.color, s.terminology) for s in segments]
+    sample_id = cohort_id(single)
+    files = (f"{sample_id}.nrrd", f"{sample_id}.seg.nrrd")
+    with tempfile.TemporaryDirectory(prefix="usvlm-cohort-") as scratch:
+        paths = [Path(scratch) / name for name in files]
+        _write_image(paths[0], single)
+        write_seg_nrrd(paths[1], plain, single.geometry)
+        return CohortSample(sample_id, tuple((p.name, p.read_bytes()) for p in paths))
+
+
 def add_to_cohort(folder: str | os.PathLike[str], image: USImage, segments: Sequence[Segment], *,
                   frame: int = 0, label: str | None = None) -> Path:
     """Write one sample (frame `frame` of a cine) and return the path of its .seg.nrrd."""
-    from usvlm.io.seg_nrrd import write_seg_nrrd
-
     if not str(folder).strip():
         # An empty path box in Slicer gives "", which Path() turns into the working directory:
         # samples would land wherever Slicer happened to start.
@@ -80,20 +137,9 @@ def add_to_cohort(folder: str | os.PathLike[str], image: USImage, segments: Sequ
         raise InputError(folder, "cohort folder does not exist")
     if label is not None and label not in LABEL_VALUES:
         raise InputError(None, f"label must be one of {', '.join(LABEL_VALUES)}, got {label!r}")
-    if not segments:
-        raise InputError(None, "no segments to add to the cohort")
-    names = [s.name for s in segments]
-    if len({n.casefold() for n in names}) != len(names):
-        raise InputError(None, f"segment names must be unique in a training sample: {', '.join(names)}")
-    single = image.frame(frame) if image.is_cine else image
-    masks = [s.frames[frame if image.is_cine else 0] for s in segments]
-    if any(m.shape != single.frame_shape for m in masks):
-        raise InputError(None, "segment masks are not on the image grid")
-    plain = [Segment(s.name, m, s.color, s.terminology) for s, m in zip(segments, masks)]
-    sample_id = cohort_id(single)
-    seg_path = folder / f"{sample_id}.seg.nrrd"
+    sample = cohort_sample(image, segments, frame=frame)
     with AtomicGroup() as group:  # image and segmentation appear together or not at all
-        _write_image(group.path(folder / f"{sample_id}.nrrd"), single)
-        write_seg_nrrd(group.path(seg_path), plain, single.geometry)
-    _set_label(folder, sample_id, label)
-    return seg_path
+        for name, data in sample.files:
+            group.path(folder / name).write_bytes(data)
+    _set_label(folder, sample.id, label)
+    return folder / sample.seg_name

@@ -39,6 +39,7 @@ MAX_REPLY_HEADER_BYTES = 16 * 1024**2  # a reply header lists summaries; far bel
 MAX_ERROR_BYTES = 64 * 1024
 _BOOL = "|b1"
 _DTYPES = ("|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<f4", "<f8")
+MAX_COHORT_SEGMENTS = 7  # the engine's frames carry at most 8 arrays: the image and a mask each
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -271,6 +272,17 @@ class PostOptions:
         return out
 
 
+@dataclass(frozen=True)
+class CohortSegment:
+    """One segment of a training sample: `mask` is bool or uint8, (H, W) on the sample's frame or
+    (T, H, W) over a cine; `terminology` a Slicer TerminologyEntry string ("" for the default)."""
+
+    name: str
+    color: Tuple[float, float, float]  # RGB 0-1
+    terminology: str
+    mask: np.ndarray
+
+
 # -- what comes back -------------------------------------------------------------------------------
 
 def _pick(cls: Any, data: Mapping[str, Any]) -> Dict[str, Any]:
@@ -447,6 +459,28 @@ class ClassifyReply:
 
 
 @dataclass(frozen=True)
+class CohortSample:
+    """A training sample's files as the engine made them: ((`<id>.nrrd`, bytes), (`<id>.seg.nrrd`,
+    bytes)). Write them with cohort_files.write_sample, which checks the names."""
+
+    id: str
+    files: Tuple[Tuple[str, bytes], ...]
+
+    @classmethod
+    def from_frame(cls, header: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "CohortSample":
+        try:
+            files = []
+            for i, entry in enumerate(header["files"]):
+                data = arrays["file%d" % i]
+                if data.dtype != np.uint8 or data.ndim != 1 or data.size != int(entry["bytes"]):
+                    raise ValueError("file%d is not the announced bytes" % i)
+                files.append((str(entry["name"]), data.tobytes()))
+            return cls(str(header["id"]), tuple(files))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineProtocolError(f"the engine's cohort sample is incomplete ({exc})") from None
+
+
+@dataclass(frozen=True)
 class CancelAck:
     job: str
     state: str  # "cancelling" (it was queued or running) or "unknown" (already finished)
@@ -554,6 +588,20 @@ class EngineClient:
                                  {str(k): float(v) for k, v in h["probabilities"].items()})
         except (KeyError, TypeError, ValueError, AttributeError):
             raise EngineProtocolError("the engine's classification is incomplete") from None
+
+    def cohort_sample(self, image: ImageData, segments: Sequence[CohortSegment], *, frame: int = 0,
+                      timeout: Optional[float] = None) -> CohortSample:
+        """A de-identified training sample of frame `frame` (of a cine) with `segments`, as the
+        files' bytes (the engine keeps nothing); write them with cohort_files.write_sample."""
+        if len(segments) > MAX_COHORT_SEGMENTS:
+            raise EngineRefused(f"a training sample takes at most {MAX_COHORT_SEGMENTS} segments, this "
+                                f"segmentation has {len(segments)}: remove some", "input", 422)
+        header = {"frame": int(frame),
+                  "segments": [{"name": str(s.name), "color": [float(c) for c in s.color],
+                                "terminology": str(s.terminology or "")} for s in segments]}
+        extra = [("mask%d" % i, np.asarray(s.mask, dtype=bool), "bits") for i, s in enumerate(segments)]
+        h, arrays = self._image_job("/v1/cohort", header, image, None, None, timeout, extra)
+        return CohortSample.from_frame(h, arrays)
 
     def prompt_choices(self, organ: Optional[str] = None, timeout: float = 10.0) -> PromptChoices:
         """The organs, completion words and one-click presets of the engine's prompt banks."""

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, TypeVar, Union
 
-from .engine_client import (Calibration, ClassifyReply, EngineCancelled, EngineClient, EngineError,
-                            EngineInfo, EngineUnavailable, ImageData, InstalledModel, PostOptions,
-                            PromptChoices, PromptPreview, SegmentReply)
+from .engine_client import (Calibration, ClassifyReply, CohortSample, CohortSegment, EngineCancelled,
+                            EngineClient, EngineError, EngineInfo, EngineUnavailable, ImageData,
+                            InstalledModel, PostOptions, PromptChoices, PromptPreview, SegmentReply)
 
 LISTENING = "USVLM-ENGINE LISTENING "
 TOKEN_ENV = "USVLM_ENGINE_TOKEN"
@@ -288,6 +288,10 @@ class LocalEngine:
 
     def classify(self, image: ImageData, **kwargs: Any) -> ClassifyReply:
         return self._run(lambda c: c.classify(image, **kwargs))
+
+    def cohort_sample(self, image: ImageData, segments: Sequence[CohortSegment], **kwargs: Any) -> CohortSample:
+        """See EngineClient.cohort_sample."""
+        return self._run(lambda c: c.cohort_sample(image, segments, **kwargs))
 
     def prompt_choices(self, organ: Optional[str] = None) -> PromptChoices:
         return self._run(lambda c: c.prompt_choices(organ))

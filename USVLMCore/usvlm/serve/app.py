@@ -4,6 +4,7 @@
     POST /v1/segment              frame: image (or the id of one sent before) + prompts
     POST /v1/refine               frame: result id + post-processing options (no model run)
     POST /v1/classify             frame: image (+ optional bit-packed mask)
+    POST /v1/cohort               frame: image + segments' masks -> a training sample's files
     POST /v1/jobs/{job}/cancel    stop a queued or running job (JSON acknowledgement)
 
 A job's reply is one result frame when it finishes before its first progress event, else a
@@ -32,7 +33,8 @@ from usvlm.serve.auth import RequestGuard, body_limit
 from usvlm.serve.engine_state import EngineState
 from usvlm.serve.errors import RequestError, error_reply
 from usvlm.serve.jobs import Failed, Finished, Job, JobRunner, Progress
-from usvlm.serve.requests import MAX_PROMPTS, ClassifyCall, RefineCall, SegmentCall, check_specs
+from usvlm.serve.requests import (COHORT_ARRAYS, MAX_PROMPTS, ClassifyCall, CohortCall, RefineCall,
+                                  SegmentCall, check_specs)
 from usvlm.serve.wire import (DTYPES, FRAME_TYPE, MAX_HEADER_BYTES, STREAM_TYPE, ArraySpec, bad,
                               decode_arrays, encode_frame, header_bytes, parse_header)
 
@@ -158,6 +160,25 @@ def create_app(state: EngineState, runner: JobRunner, token: str) -> RequestGuar
         mask = frame.arrays.get("mask")
         job = runner.submit(call.job, lambda ctx: state.classify(call, key, image, mask, ctx))
         return await job_response(job, request, runner)
+
+    @app.post("/v1/cohort")
+    @replying
+    async def cohort(request: Request) -> Response:
+        """A training sample's files (`<id>.nrrd`, `<id>.seg.nrrd`) as bytes, for the client to
+        write where its user chose: the engine keeps nothing of it on its own disk (a remote
+        engine's disk is not the user's); the files are made in a private temporary folder that is
+        removed before the reply."""
+        from usvlm.cohort import cohort_sample
+
+        frame = await read_frame(request, COHORT_ARRAYS)
+        call = CohortCall.parse(frame.header)
+        key, image = await image_of(frame, call.image)
+        segments = call.core_segments(frame.arrays)
+        sample = await run_in_threadpool(cohort_sample, image, segments, frame=call.frame)
+        header = {"event": "result", "image": key, "id": sample.id,
+                  "files": [{"name": name, "bytes": len(data)} for name, data in sample.files]}
+        arrays = [(f"file{i}", np.frombuffer(data, np.uint8), "raw") for i, (_, data) in enumerate(sample.files)]
+        return Response(encode_frame(header, arrays), media_type=FRAME_TYPE)
 
     # What the module's prompt box and model box show, so Slicer's Python needs nothing of the core:
     # the organs, completion words and one-click presets of the engine's prompt banks, a preview

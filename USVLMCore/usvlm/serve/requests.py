@@ -15,9 +15,11 @@ import numpy as np
 
 from usvlm.io.limits import check_frame_size, check_pixel_bytes
 from usvlm.serve.errors import RequestError
-from usvlm.serve.wire import ArraySpec, bad
+from usvlm.serve.wire import MAX_ARRAYS, ArraySpec, bad
 
 MAX_PROMPTS = 16
+MAX_COHORT_SEGMENTS = MAX_ARRAYS - 1  # a frame carries the image and one mask per segment
+COHORT_ARRAYS = ("image", *(f"mask{i}" for i in range(MAX_COHORT_SEGMENTS)))
 IMAGE_ID_CHARS = 32
 
 
@@ -230,6 +232,74 @@ class ClassifyCall:
             raise bad("'frame' must be >= 0")
         return cls(_field(header, "job", str), ImageMeta.parse(header), frame,
                    bool(_field(header, "zero_shot", bool, False)))
+
+
+@dataclass(frozen=True)
+class CohortSegment:
+    name: str
+    color: tuple[float, float, float]  # RGB 0-1
+    terminology: str  # Slicer TerminologyEntry string; "" for the default (tissue)
+
+
+@dataclass(frozen=True)
+class CohortCall:
+    """A training sample of one frame: the image (or its id), the segments' names, colours and
+    terminology in the header, their masks as arrays mask0..maskN-1."""
+
+    image: ImageMeta
+    frame: int
+    segments: tuple[CohortSegment, ...]
+
+    @classmethod
+    def parse(cls, header: dict[str, Any]) -> "CohortCall":
+        frame = _field(header, "frame", int, 0)
+        if frame < 0:
+            raise bad("'frame' must be >= 0")
+        entries = _field(header, "segments", list, required=True)
+        if not entries:
+            raise RequestError(422, "input", "no segments to add to the cohort")
+        if len(entries) > MAX_COHORT_SEGMENTS:
+            raise RequestError(422, "input", f"a training sample takes at most {MAX_COHORT_SEGMENTS} "
+                                             f"segments, got {len(entries)}")
+        segments = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise bad("each entry of 'segments' must be an object")
+            color = _field(entry, "color", list, required=True)
+            if (len(color) != 3 or not all(type(c) in (int, float) for c in color)
+                    or not all(0.0 <= c <= 1.0 for c in color)):
+                raise RequestError(422, "input", "a segment's colour must be 3 numbers within 0-1")
+            segments.append(CohortSegment(_field(entry, "name", str, required=True),
+                                          (float(color[0]), float(color[1]), float(color[2])),
+                                          _field(entry, "terminology", str, "")))
+        return cls(ImageMeta.parse(header), frame, tuple(segments))
+
+    def core_segments(self, arrays: dict[str, np.ndarray]) -> list[Any]:
+        """`usvlm.io.segmentation.Segment`s from the arrays mask0..maskN-1 (bits or uint8); the
+        core's `cohort_sample` checks them against the image grid and the frame."""
+        from usvlm.io.segmentation import Segment
+        from usvlm.text.terminology import DEFAULT_TERMINOLOGY, Terminology
+
+        masks = sorted(n for n in arrays if n != "image")
+        wanted = [f"mask{i}" for i in range(len(self.segments))]
+        if sorted(wanted) != masks:
+            raise RequestError(422, "input", f"{len(self.segments)} segment(s) need the arrays "
+                                             f"mask0..mask{len(self.segments) - 1}, got {masks}")
+        out = []
+        for name, s in zip(wanted, self.segments):
+            mask = arrays[name]
+            if mask.dtype not in (np.bool_, np.uint8):
+                raise RequestError(422, "input", f"{name} must be bits or uint8, not {mask.dtype}")
+            try:
+                terminology = Terminology.from_slicer(s.terminology) if s.terminology else DEFAULT_TERMINOLOGY
+            except (ValueError, TypeError, KeyError, IndexError):
+                raise RequestError(422, "input", f"segment {s.name[:100]!r}: its terminology is not a Slicer "
+                                                 f"TerminologyEntry string") from None
+            try:
+                out.append(Segment(s.name, mask, s.color, terminology))
+            except ValueError as exc:  # the name or the mask's rank ("segment 'A': ...")
+                raise RequestError(422, "input", str(exc)) from None
+        return out
 
 
 def mask_for(image_shape: tuple[int, int], mask: np.ndarray | None) -> np.ndarray | None:
