@@ -113,6 +113,24 @@ def test_rgb_image(engine, tmp_path):
     assert back.is_rgb and back.pixels.shape == (64, 80, 3)
 
 
+@pytest.mark.parametrize("rgb", [False, True])
+def test_an_uncalibrated_image_stays_uncalibrated_in_the_cohort(engine, tmp_path, rgb):
+    """Honest units in the cohort too: an image without a measured spacing is written with NRRD's
+    unknown ("nan") spacing, and read back as uncalibrated (sizes in pixels), never as 1 mm."""
+    grey = us_like((64, 80), seed=21)
+    pixels = np.stack([grey, grey // 2, grey // 3], axis=-1) if rgb else grey
+    segments = segments_for(masks_for((64, 80)))
+    sample = engine.cohort_sample(ImageData(pixels, (1.0, 1.0), False, rgb=rgb), segments)
+    write_sample(tmp_path, sample, None)
+    image_file = tmp_path / sample.files[0][0]
+    assert b"spacings: nan nan" in image_file.read_bytes()[:300]
+    back = read_image(image_file)
+    assert not back.geometry.calibrated and back.info.spacing_source == "none"
+    np.testing.assert_array_equal(back.pixels, pixels)
+    result = read_seg_nrrd(tmp_path / sample.files[1][0])  # the segments still line up
+    np.testing.assert_array_equal(result.segment("Margin").mask, segments[1].mask)
+
+
 def test_item_of_a_cine(engine, tmp_path):
     pixels = us_like((5, 64, 80), seed=4)
     cine = ImageData(pixels, SPACING, True, cine=True)

@@ -47,6 +47,9 @@ def cohort_id(image: USImage) -> str:
 def _write_image(path: Path, image: USImage) -> None:
     import SimpleITK as sitk
 
+    if not image.geometry.calibrated:
+        _write_uncalibrated(path, image)
+        return
     g = image.geometry
     itk = sitk.GetImageFromArray(np.ascontiguousarray(image.pixels), isVector=image.is_rgb)
     itk.SetSpacing(g.spacing[:2])
@@ -55,6 +58,29 @@ def _write_image(path: Path, image: USImage) -> None:
     # the direction is axis-aligned (the usual case for ultrasound loaded from files).
     itk.SetDirection(g.direction_lps[:2, :2].ravel().tolist())
     sitk.WriteImage(itk, str(path), useCompression=True)
+
+
+def _write_uncalibrated(path: Path, image: USImage) -> None:
+    """An image without a measured spacing keeps it unknown in the cohort: NRRD's own "nan"
+    spacing, which the readers take as uncalibrated (sizes in pixels), never as 1 mm."""
+    import gzip
+
+    pixels = np.ascontiguousarray(image.pixels)
+    if pixels.dtype.byteorder == ">":
+        pixels = pixels.astype(pixels.dtype.newbyteorder("<"))
+    types = {"u1": "uint8", "i1": "int8", "u2": "uint16", "i2": "int16", "u4": "uint32",
+             "i4": "int32", "f4": "float", "f8": "double"}
+    kind = pixels.dtype.str[1:]
+    if kind not in types:
+        raise InputError(None, f"cannot store {pixels.dtype} pixels in the cohort")
+    rows, columns = pixels.shape[:2]
+    if image.is_rgb:
+        axes = f"dimension: 3\nsizes: {pixels.shape[2]} {columns} {rows}\nspacings: nan nan nan\n" \
+               "kinds: RGB-color domain domain\n"
+    else:
+        axes = f"dimension: 2\nsizes: {columns} {rows}\nspacings: nan nan\nkinds: domain domain\n"
+    header = f"NRRD0004\ntype: {types[kind]}\n{axes}endian: little\nencoding: gzip\n\n"
+    path.write_bytes(header.encode("ascii") + gzip.compress(pixels.tobytes(), mtime=0))
 
 
 def _set_label(folder: Path, sample_id: str, label: str | None) -> None:
