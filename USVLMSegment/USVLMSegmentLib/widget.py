@@ -445,7 +445,9 @@ class USVLMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def pollInstall(self) -> None:
         job = self.install
         for event in job.poll():
-            if event.text:
+            if event.kind == "step":
+                self.ui.installLogText.appendPlainText(f"[{event.step}/{event.steps}] {event.title}")
+            elif event.text:
                 self.ui.installLogText.appendPlainText(event.text)
             self.ui.installProgressBar.maximum = 1000
             self.ui.installProgressBar.value = int(1000 * event.fraction)
