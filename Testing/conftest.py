@@ -1,4 +1,5 @@
-"""Shared fixtures: the real ultrasound DICOM files that pydicom and pydicom-data ship."""
+"""Shared fixtures: the real ultrasound DICOM files that pydicom and pydicom-data ship, and a tiny
+saved model for the tests that start a real engine process."""
 
 from __future__ import annotations
 
@@ -67,3 +68,11 @@ def dciodvfy() -> str:
             pytest.fail("dciodvfy (Debian package dicom3tools) is required but not installed")
         pytest.skip("dciodvfy not installed (Debian package dicom3tools)")
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:  # noqa: ANN001
+    """A tiny model (random weights) saved as a real model directory, one per test module."""
+    from models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import save_tiny_model
 from test_engine_server import us_like
 
 MODULE = Path(__file__).resolve().parents[1] / "USVLMSegment"
@@ -29,11 +28,6 @@ from USVLMSegmentLib.engine_client import (EngineCancelled, EngineClient, Engine
 from USVLMSegmentLib.engine_process import EngineCrashed, EngineStartError, LocalEngine  # noqa: E402
 
 PIXEL_LIMIT = 4 * 1024**2  # the test engine's USVLM_MAX_PIXEL_BYTES
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("client-model") / "tiny")
 
 
 @pytest.fixture(scope="module")

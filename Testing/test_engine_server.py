@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from models import save_tiny_model
 
 from usvlm.serve.wire import FRAME_TYPE, PREFIX, STREAM_TYPE, decode_frame, encode_frame
 
@@ -63,11 +62,6 @@ def us_like(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     img[..., (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 5) ** 2] *= 0.2
     return img.astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("engine-model") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ environment: here the project's .venv.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -28,6 +29,11 @@ FORBIDDEN = ("torch", "usvlm", "open_clip", "transformers", "fastapi", "uvicorn"
 CLIENT_MODULES = ("USVLMSegmentLib.engine_client", "USVLMSegmentLib.engine_process",
                   "USVLMSegmentLib.segment_history", "USVLMSegmentLib.dicom_header", "USVLMSegmentLib.engine_env",
                   "USVLMSegmentLib.cohort_files")
+# The module's own logic, which needs no Slicer: names, volume geometry, results table, background
+# calls, engine settings and connection (exercised below with a real engine).
+PURE_MODULES = ("USVLMSegmentLib.module_defaults", "USVLMSegmentLib.segment_naming",
+                "USVLMSegmentLib.volume_geometry", "USVLMSegmentLib.result_rows", "USVLMSegmentLib.background",
+                "USVLMSegmentLib.engine_connection")
 
 _IMPORT_CHECK = """
 import json, sys
@@ -47,7 +53,8 @@ def slicer_env(request) -> tuple[str, Path]:  # noqa: ANN001
 
 def test_client_imports_with_only_what_slicer_bundles(slicer_env):
     version, python = slicer_env
-    proc = subprocess.run([str(python), "-c", _IMPORT_CHECK, str(MODULE_DIR), json.dumps(CLIENT_MODULES),
+    modules = CLIENT_MODULES + PURE_MODULES
+    proc = subprocess.run([str(python), "-c", _IMPORT_CHECK, str(MODULE_DIR), json.dumps(modules),
                            json.dumps(FORBIDDEN)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -71,22 +78,48 @@ _CLIENT_RUN = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
+from USVLMSegmentLib.background import BackgroundCall
 from USVLMSegmentLib.dicom_header import header_bytes
 from USVLMSegmentLib.engine_client import ImageData, PostOptions
-from USVLMSegmentLib.engine_process import LocalEngine
+from USVLMSegmentLib.engine_connection import EngineConnection, EngineSettings
+from USVLMSegmentLib.module_defaults import DEFAULTS
+from USVLMSegmentLib.result_rows import result_rows, rows_csv
+from USVLMSegmentLib.segment_naming import plan_segments, split_prompts
+from USVLMSegmentLib.volume_geometry import (check_ultrasound_volume, frames_to_volume, pixel_spacing,
+                                             ras_to_pixel)
 
 pixels = np.load(sys.argv[4])
-with LocalEngine(sys.argv[2], model=sys.argv[3], device="cpu", start_timeout=240) as engine:
-    info = engine.health()
-    image = ImageData(pixels, (0.2, 0.2), calibrated=True)
-    reply = engine.segment(image, ["cyst", "mass"])
+ijk_to_ras = np.diag([-0.2, -0.2, 0.0, 1.0])  # a 2D image as Slicer holds it: one slice, no K axis
+check_ultrasound_volume(1, "US", float(pixels.min()))
+connection = EngineConnection(EngineSettings(model=sys.argv[3], device="cpu"), python=sys.argv[2],
+                              start_timeout=240)
+try:
+    call = BackgroundCall(lambda report: connection.connect()).start()  # as the panel connects
+    while not call.give_time():
+        pass
+    (event,) = call.events()
+    assert event.kind == "done", (event.kind, str(event.payload))
+    info, engine = event.payload, connection.api
+    image = ImageData(pixels, pixel_spacing(ijk_to_ras), calibrated=True)
+    reply = engine.segment(image, split_prompts("cyst; mass"))
     refined = engine.refine(reply.result_id, PostOptions(threshold=0.9))
+    click = ras_to_pixel(ijk_to_ras, [-6.4, -4.8, 0.0], pixels.shape)  # pixel (32, 24)
+    clicked = engine.refine(reply.result_id, PostOptions(point=click), index=0)
+    names = [p.name for p in plan_segments([s.name for s in reply.segments], ["Cyst"], DEFAULTS.overwrite)]
+    rows = result_rows(reply.segments, names, calibrated=True)
     calibration = engine.calibration(header_bytes(sys.argv[6]), "ultrasound.dcm")  # Slicer's pydicom
     out = {"model": info.model.name, "spacing": list(calibration.spacing_mm),
            "calibrated": calibration.calibrated, "source": calibration.source,
            "masks": [s.mask.astype(int).tolist() for s in reply.segments],
            "units": [s.measurements.unit for s in reply.segments],
-           "refined_sums": [int(s.mask.sum()) for s in refined.segments]}
+           "refined_sums": [int(s.mask.sum()) for s in refined.segments],
+           "click": [click.x, click.y, click.frame], "clicked": list(clicked.segments[0].options["point"]),
+           "names": names, "cells": [r.cells() for r in rows], "csv": rows_csv(rows),
+           "areas": [s.measurements.area for s in reply.segments],
+           "volume": list(frames_to_volume(reply.segments[0].mask, reply.frames, 1).shape)}
+finally:
+    connection.close()
+out["stopped"] = not engine.running
 loaded = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(sys.argv[5])))
 out["loaded"] = loaded
 print(json.dumps(out))
@@ -94,9 +127,10 @@ print(json.dumps(out))
 
 
 def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
-    """The module's client path, run by Slicer's (pinned) Python: start the engine in its own
-    environment (the project's), contour two prompts, refine; the masks equal the in-process
-    engine's, and nothing outside Slicer's bundle was imported on the Slicer side."""
+    """The module's client path, run by Slicer's (pinned) Python: connect to the engine in its own
+    environment (the project's) on a background call, contour two prompts, refine, click, name the
+    segments and tabulate them; the masks equal the in-process engine's, and nothing outside
+    Slicer's bundle was imported on the Slicer side."""
     import numpy as np
     from conftest import us_file
     from models import save_tiny_model
@@ -116,7 +150,16 @@ def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["loaded"] == [], result["loaded"]
-    assert result["model"] == "tiny-mona" and result["units"] == ["mm", "mm"]
+    assert result["model"] == "tiny-mona" and result["units"] == ["mm", "mm"] and result["stopped"]
+    assert result["click"] == [pytest.approx(32), pytest.approx(24), 0]
+    assert result["clicked"] == pytest.approx([32, 24])
+    assert result["names"] == ["Cyst 2", "Mass"] and result["volume"] == [1, 48, 64]
+    assert [c[0] for c in result["cells"]] == ["Cyst 2", "Mass"]
+    assert all(c.endswith(" mm²") for c in (cells[4] for cells in result["cells"]))
+    table = list(csv.DictReader(result["csv"].splitlines()))
+    assert [(r["segment"], r["unit"], r["calibrated"]) for r in table] == [("Cyst 2", "mm", "true"),
+                                                                         ("Mass", "mm", "true")]
+    assert [float(r["area"]) for r in table] == pytest.approx(result["areas"], abs=1e-3)
     ijk_to_ras = np.diag([-0.2, -0.2, 1.0, 1.0])
     local = Segmenter(model, device="cpu").segment(
         image_from_volume_array(pixels[None], ijk_to_ras, is_vector=False), ["cyst", "mass"])
