@@ -57,11 +57,11 @@ def test_invalid_spacing_refused(spacing):
 
 def test_volume_array_layouts():
     m = np.diag([-0.1, -0.1, 1.0, 1.0])
-    grey2d = image_from_volume_array(np.zeros((1, 20, 30), np.uint8), m, is_vector=False)
+    grey2d = image_from_volume_array(np.zeros((1, 20, 30), np.uint8), m, is_vector=False, calibrated=True)
     assert grey2d.pixels.shape == (20, 30) and not grey2d.is_cine and not grey2d.is_rgb
-    rgb2d = image_from_volume_array(np.zeros((1, 20, 30, 3), np.uint8), m, is_vector=True)
+    rgb2d = image_from_volume_array(np.zeros((1, 20, 30, 3), np.uint8), m, is_vector=True, calibrated=True)
     assert rgb2d.pixels.shape == (20, 30, 3) and rgb2d.is_rgb
-    cine = image_from_volume_array(np.zeros((7, 20, 30), np.uint8), m, is_vector=False)
+    cine = image_from_volume_array(np.zeros((7, 20, 30), np.uint8), m, is_vector=False, calibrated=True)
     assert cine.is_cine and cine.frames == 7
     assert mask_to_volume_array(np.ones((20, 30), bool)).shape == (1, 20, 30)
     assert mask_to_volume_array(np.ones((7, 20, 30), bool)).shape == (7, 20, 30)

@@ -162,7 +162,7 @@ def test_slicers_python_drives_a_real_engine(slicer_env, tmp_path):
     assert [float(r["area"]) for r in table] == pytest.approx(result["areas"], abs=1e-3)
     ijk_to_ras = np.diag([-0.2, -0.2, 1.0, 1.0])
     local = Segmenter(model, device="cpu").segment(
-        image_from_volume_array(pixels[None], ijk_to_ras, is_vector=False), ["cyst", "mass"])
+        image_from_volume_array(pixels[None], ijk_to_ras, is_vector=False, calibrated=True), ["cyst", "mass"])
     for remote, here in zip(result["masks"], local.results):
         assert np.array_equal(np.asarray(remote, dtype=bool), here.mask)
     assert all(r <= int(np.asarray(m).sum()) for r, m in zip(result["refined_sums"], result["masks"]))

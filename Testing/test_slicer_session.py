@@ -1,8 +1,6 @@
-"""The Slicer module's logic that needs no Slicer: usvlm.session, volume layout, cohort export."""
+"""The engine's session (prompt choices, preview, live refine), Slicer volume layout, cohort export."""
 
 from __future__ import annotations
-
-import csv
 
 import numpy as np
 import pytest
@@ -11,34 +9,15 @@ from usvlm.engine import PromptResult, SegmentationOutput
 from usvlm.errors import InputError
 from usvlm.io.geometry import Geometry
 from usvlm.io.image import USImage
-from usvlm.io.volume_arrays import frames_to_volume_array, image_from_volume_array, ras_to_pixel
+from usvlm.io.volume_arrays import frames_to_volume_array, image_from_volume_array
 from usvlm.postprocess import PostprocessOptions
-from usvlm.session import (DEFAULTS, DEVICES, FRAME_MODES, InteractiveSession, PixelPoint,
-                           RefineSettings, check_ultrasound_volume, completions, frame_at_ras,
-                           frames_to_run, model_summary, needs_new_node, organ_choices,
-                           plan_segments, point_from_ras, preview_prompts, presets, result_rows,
-                           rows_csv, split_prompts, unique_name, with_segment_names)
+from usvlm.session import (InteractiveSession, PixelPoint, RefineSettings, completions, model_summary,
+                           organ_choices, preview_prompts, presets)
 from usvlm.text.banks import default_banks
 from usvlm.text.resolve import PromptResolver
 
 
 # -- parameters, prompts -------------------------------------------------------------------------
-
-def test_defaults_are_valid_choices():
-    assert DEFAULTS.device in DEVICES and DEFAULTS.frames in FRAME_MODES
-    assert 0.0 <= DEFAULTS.threshold <= 1.0
-    assert not DEFAULTS.overwrite  # existing segments are never replaced unless asked
-    PostprocessOptions(threshold=DEFAULTS.threshold, min_area_mm2=DEFAULTS.min_area_mm2,
-                       smoothing_mm=DEFAULTS.smoothing_mm)
-
-
-def test_split_prompts():
-    assert split_prompts(" breast mass ; cyst\nthyroid nodule ;") == ["breast mass", "cyst", "thyroid nodule"]
-    assert split_prompts("oval, circumscribed mass") == ["oval, circumscribed mass"]
-    for bad in ("", "  ;  \n", "???"):
-        with pytest.raises(InputError):
-            split_prompts(bad)
-
 
 def test_completions_presets_and_organs_come_from_the_banks():
     banks = default_banks()
@@ -70,24 +49,6 @@ def test_preview_gives_name_colour_and_slicer_terminology():
     assert "->" in previews[0].describe()
 
 
-# -- segment naming ------------------------------------------------------------------------------
-
-def test_unique_names_never_overwrite():
-    assert unique_name("Cyst", []) == "Cyst"
-    assert unique_name("Cyst", ["cyst"]) == "Cyst 2"
-    assert unique_name("Cyst", ["Cyst", "Cyst 2"]) == "Cyst 3"
-    plans = plan_segments(["Cyst", "Cyst", "Mass"], ["Cyst"], overwrite=False)
-    assert [(p.name, p.replace) for p in plans] == [("Cyst 2", False), ("Cyst 3", False), ("Mass", False)]
-    plans = plan_segments(["Cyst", "Cyst"], ["Cyst"], overwrite=True)
-    assert [(p.name, p.replace) for p in plans] == [("Cyst", True), ("Cyst 2", False)]
-
-
-def test_new_node_rule():
-    assert needs_new_node(False, False)
-    assert needs_new_node(True, False)  # the selected node belongs to another image
-    assert not needs_new_node(True, True)
-
-
 # -- Slicer array layout and geometry --------------------------------------------------------------
 
 def _matrix(direction, spacing, origin):
@@ -103,33 +64,14 @@ ROTATED = [[0, -1, 0], [-1, 0, 0], [0, 0, 1]]  # axes swapped and flipped
 @pytest.mark.parametrize("direction", [np.diag([-1, -1, 1]), np.eye(3), ROTATED])
 def test_layouts_2d_rgb_cine(direction):
     m = _matrix(direction, (0.2, 0.3, 1.0), (10.0, -5.0, 3.0))
-    grey = image_from_volume_array(np.zeros((1, 40, 60), np.uint8), m, is_vector=False)
+    grey = image_from_volume_array(np.zeros((1, 40, 60), np.uint8), m, is_vector=False, calibrated=True)
     assert (grey.rows, grey.columns, grey.frames, grey.is_rgb) == (40, 60, 1, False)
-    rgb = image_from_volume_array(np.zeros((1, 40, 60, 3), np.uint8), m, is_vector=True)
+    rgb = image_from_volume_array(np.zeros((1, 40, 60, 3), np.uint8), m, is_vector=True, calibrated=True)
     assert rgb.is_rgb and rgb.pixels.shape == (40, 60, 3)
-    cine = image_from_volume_array(np.zeros((5, 40, 60), np.uint8), m, is_vector=False)
+    cine = image_from_volume_array(np.zeros((5, 40, 60), np.uint8), m, is_vector=False, calibrated=True)
     assert cine.is_cine and cine.frames == 5
     np.testing.assert_allclose(cine.geometry.ijk_to_ras(), m, atol=1e-12)
     assert cine.geometry.spacing_x == pytest.approx(0.2) and cine.geometry.spacing_y == pytest.approx(0.3)
-
-
-@pytest.mark.parametrize("direction", [np.diag([-1, -1, 1]), ROTATED])
-def test_click_maps_exactly_to_the_pixel_and_frame(direction):
-    m = _matrix(direction, (0.2, 0.3, 1.5), (10.0, -5.0, 3.0))
-    geometry = Geometry.from_ijk_to_ras(m)
-    for i, j, k in [(0, 0, 0), (59, 39, 4), (17, 23, 2)]:
-        ras = (m @ [i, j, k, 1])[:3]
-        point = point_from_ras(geometry, ras, (40, 60), 5)
-        assert (point.x, point.y, point.frame) == (pytest.approx(i, abs=1e-9), pytest.approx(j, abs=1e-9), k)
-        assert frame_at_ras(geometry, ras, 5) == k
-    # 2D: the point lies on the image plane (K = 0); off the image is a clear error.
-    ras = (m @ [12.25, 30.5, 0, 1])[:3]
-    x, y, frame = ras_to_pixel(geometry, ras, (40, 60), 1)
-    assert (x, y, frame) == (pytest.approx(12.25), pytest.approx(30.5), 0)
-    with pytest.raises(InputError, match="not on the image"):
-        point_from_ras(geometry, (m @ [80, 5, 0, 1])[:3], (40, 60), 1)
-    with pytest.raises(InputError):
-        point_from_ras(geometry, (m @ [5, 5, 3, 1])[:3], (40, 60), 1)
 
 
 def test_mask_written_back_lines_up():
@@ -142,19 +84,6 @@ def test_mask_written_back_lines_up():
     both = frames_to_volume_array(np.stack([mask, ~mask]), [0, 1], 2)
     np.testing.assert_array_equal(both[1].astype(bool), ~mask)
     assert frames_to_volume_array(mask, [0], 1).shape == (1, 40, 60)
-
-
-def test_frames_to_run_and_volume_checks():
-    assert frames_to_run("current", 5, 3) == [3]
-    assert frames_to_run("all", 3) == [0, 1, 2]
-    with pytest.raises(InputError):
-        frames_to_run("current", 2, 5)
-    check_ultrasound_volume(1, "US", 0.0)
-    check_ultrasound_volume(30, None, 0.0)  # a cine
-    with pytest.raises(InputError, match="CT"):
-        check_ultrasound_volume(1, "CT")
-    with pytest.raises(InputError, match="3D volume"):
-        check_ultrasound_volume(120, None, -1024.0)
 
 
 # -- live refinement from cached probabilities ---------------------------------------------------
@@ -202,28 +131,6 @@ def test_refine_click_on_a_cine_frame_only():
         InteractiveSession(_output(cine=False)).refine(0, RefineSettings(point=PixelPoint(1, 1, 2)))
     with pytest.raises(InputError, match="run a prompt"):
         InteractiveSession().refine(0, RefineSettings())
-
-
-def test_result_rows_and_csv():
-    from usvlm.report import summarize_result
-
-    output = _output()
-    summary = summarize_result(output.results[0], output)
-    summary["classification"] = {"benign": 0.8, "malignant": 0.2}
-    rows = result_rows(with_segment_names([summary], ["Cyst 2"]))
-    row = rows[0]
-    assert row.segment == "Cyst 2" and row.unit == "mm" and row.calibrated
-    assert row.area == pytest.approx(output.results[0].mask.sum() * 0.25)
-    cells = row.cells()
-    assert cells[0] == "Cyst 2" and cells[2] == "80 %" and "mm²" in cells[4]
-    parsed = list(csv.DictReader(rows_csv(rows).splitlines()))
-    assert parsed[0]["segment"] == "Cyst 2" and float(parsed[0]["malignant"]) == pytest.approx(0.2)
-    assert "\t" in rows_csv(rows, delimiter="\t")
-    # Uncalibrated images: sizes in pixels, flagged.
-    output.image.geometry = Geometry.for_pixels(1.0, 1.0, calibrated=False)
-    px = result_rows([summarize_result(output.results[0], output)])[0]
-    assert px.unit == "px" and not px.calibrated and "uncalibrated" in px.cells()[4]
-    assert px.benign is None and px.cells()[2] == ""
 
 
 def test_model_summary():

@@ -1,60 +1,32 @@
-"""The interactive contouring session behind the Slicer module, free of Slicer and Qt.
+"""The engine's side of an interactive contouring session (free of Slicer and Qt).
 
-Everything the USVLMSegment widget decides lives here so it is tested with pytest: the parameter
-defaults, prompt completion and presets from the banks, the resolved-name preview, splitting
-several prompts, where a markup click lands on the image, live refinement of the last run from
-its cached probability maps (no model run), segment naming without overwriting, and the rows of
-the results table with their CSV / clipboard text.
+What `usvlm serve` answers the Slicer module with: prompt completion and presets from the banks,
+the resolved-name preview, and live refinement of the last run from its cached probability maps
+(no model run). The module's own rules (segment naming, clicks on the volume grid, the results
+table) run in Slicer's Python, in USVLMSegment/USVLMSegmentLib.
 
-Import-light on purpose: torch, scipy and the prompt banks are imported inside the functions
-that need them, so the Slicer module can import this file when it starts (before the first-run
-install of the Python dependencies) and Slicer starts fast.
+Import-light: torch, scipy and the prompt banks are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from usvlm.errors import InputError
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
-    from usvlm.engine import PromptResult, SegmentationOutput, Segmenter
-    from usvlm.io.geometry import Geometry
+    from usvlm.engine import PromptResult, SegmentationOutput
     from usvlm.postprocess import PostprocessOptions
     from usvlm.text.banks import BankSet
     from usvlm.text.prompt import ResolvedPrompt
 
-DEVICES = ("auto", "cpu", "cuda")
-FRAME_MODES = ("current", "all")
 # Several prompts in one run: one per line or separated by ";" (commas belong to descriptions
 # such as "oval, circumscribed mass").
 _PROMPT_SEPARATORS = re.compile(r"[;\n]+")
 
-
-@dataclass(frozen=True)
-class ModuleDefaults:
-    """Defaults of the module's parameter node (one place, tested here)."""
-
-    prompt: str = ""
-    organ: str = ""  # "" = no organ context: the generic bank first, then all banks
-    model: str = "usvlm-default"
-    device: str = "auto"
-    frames: str = "current"
-    threshold: float = 0.5
-    keep_largest: bool = True
-    fill_holes: bool = True
-    min_area_mm2: float = 0.0
-    smoothing_mm: float = 0.0
-    overwrite: bool = False  # replace same-named segments instead of adding new ones
-    classify: bool = True
-
-
-DEFAULTS = ModuleDefaults()
 
 
 # -- prompts -------------------------------------------------------------------------------------
@@ -125,107 +97,26 @@ def preview_prompts(text: str, banks: BankSet, organ: str | None = None) -> list
     return [preview(resolver(p)) for p in split_prompts(text)]
 
 
-# -- segment naming ------------------------------------------------------------------------------
-
-def unique_name(name: str, existing: Iterable[str]) -> str:
-    """`name`, or `name 2`, `name 3`, ... when a segment of that name exists (case-insensitive)."""
-    taken = {e.casefold() for e in existing}
-    if name.casefold() not in taken:
-        return name
-    n = 2
-    while f"{name} {n}".casefold() in taken:
-        n += 1
-    return f"{name} {n}"
-
-
-@dataclass(frozen=True)
-class SegmentPlan:
-    name: str
-    replace: bool  # True: overwrite the existing segment of that name
-
-
-def plan_segments(names: Sequence[str], existing: Sequence[str], overwrite: bool) -> list[SegmentPlan]:
-    """Names for the new segments. Existing segments are kept unless `overwrite`; then a segment
-    of the same name is replaced. Two prompts giving the same name get distinct segments."""
-    plans: list[SegmentPlan] = []
-    taken = list(existing)
-    replaced: set[str] = set()
-    for name in names:
-        key = name.casefold()
-        if overwrite and key in {e.casefold() for e in existing} and key not in replaced:
-            replaced.add(key)
-            plans.append(SegmentPlan(name, True))
-            continue
-        unique = unique_name(name, taken + [p.name for p in plans])
-        plans.append(SegmentPlan(unique, False))
-    return plans
-
-
-def needs_new_node(has_node: bool, same_reference: bool) -> bool:
-    """Write into a new segmentation node when none is selected or the selected one belongs to
-    another image (never mix grids in one node: DICOM SEG export needs one reference image)."""
-    return not has_node or not same_reference
-
-
-# -- clicks and frames ---------------------------------------------------------------------------
+# -- live refinement -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PixelPoint:
+    """A click on the image: pixel column x, row y, 0-based frame."""
+
     x: float
     y: float
     frame: int
 
 
-def point_from_ras(geometry: Geometry, ras: Sequence[float], shape: tuple[int, int],
-                   frames: int = 1) -> PixelPoint:
-    """A markup point (RAS) on the image: exact IJK through the volume's geometry."""
-    from usvlm.io.volume_arrays import ras_to_pixel
-
-    return PixelPoint(*ras_to_pixel(geometry, ras, shape, frames))
-
-
-def frames_to_run(mode: str, frames: int, current: int = 0) -> list[int]:
-    """The frames a run segments: the current one, or all of a cine."""
-    if mode not in FRAME_MODES:
-        raise ValueError(f"frames must be one of {FRAME_MODES}, got {mode!r}")
-    if mode == "all":
-        return list(range(frames))
-    if not 0 <= current < frames:
-        raise InputError(None, f"current frame {current} is not one of the {frames} frame(s)")
-    return [current]
-
-
-def frame_at_ras(geometry: Geometry, ras: Sequence[float], frames: int) -> int:
-    """The frame a slice view shows (its plane through `ras`), clamped to the image's frames."""
-    import numpy as np
-
-    k = geometry.ras_to_ijk_points(np.asarray(ras, dtype=float))[0][2]
-    return int(min(max(round(float(k)), 0), frames - 1))
-
-
-def check_ultrasound_volume(frames: int, modality: str | None = None,
-                            minimum: float | None = None, name: str | None = None) -> None:
-    """Refuse what is clearly not 2D ultrasound: a CT/MR series, or a multi-slice volume with
-    negative intensities (Hounsfield units). A multi-slice US volume is taken as a cine."""
-    if modality and modality.upper() != "US":
-        raise InputError(name, f"a {modality.upper()} image, not ultrasound: USVLM contours 2D "
-                               "ultrasound images and cine loops")
-    if frames > 1 and minimum is not None and minimum < -100:
-        raise InputError(name, f"a 3D volume of {frames} slices with intensities down to "
-                               f"{minimum:.0f} (CT-like), not an ultrasound image or cine loop")
-
-
-# -- live refinement -----------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class RefineSettings:
     """The widget's refinement controls; `point` is a click on the image (or None)."""
 
-    threshold: float = DEFAULTS.threshold
-    keep_largest: bool = DEFAULTS.keep_largest
-    fill_holes: bool = DEFAULTS.fill_holes
-    min_area_mm2: float = DEFAULTS.min_area_mm2
-    smoothing_mm: float = DEFAULTS.smoothing_mm
+    threshold: float = 0.5
+    keep_largest: bool = True
+    fill_holes: bool = True
+    min_area_mm2: float = 0.0
+    smoothing_mm: float = 0.0
     point: PixelPoint | None = None
 
     def options(self, with_point: bool = True) -> PostprocessOptions:
@@ -307,82 +198,6 @@ class InteractiveSession:
         while len(self.summaries) <= index:
             self.summaries.append({})
         self.summaries[index] = fresh
-
-    def rows(self) -> list[ResultRow]:
-        return result_rows(self.summaries)
-
-
-# -- results table -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ResultRow:
-    segment: str
-    prompt: str
-    score: float
-    benign: float | None
-    malignant: float | None
-    area: float
-    long_axis: float
-    short_axis: float
-    unit: str  # "mm" or "px"
-    calibrated: bool
-    taller_than_wide: bool
-    frame: int
-    empty: bool
-
-    def cells(self) -> list[str]:
-        """Display text of each column (see `COLUMNS`)."""
-        def pct(p: float | None) -> str:
-            return "" if p is None else f"{100 * p:.0f} %"
-
-        area_unit = f"{self.unit}²"
-        flag = "" if self.calibrated else " (uncalibrated)"
-        return [self.segment, f"{self.score:.2f}", pct(self.benign), pct(self.malignant),
-                f"{self.area:.1f} {area_unit}{flag}", f"{self.long_axis:.1f} {self.unit}",
-                f"{self.short_axis:.1f} {self.unit}", "yes" if self.taller_than_wide else "no",
-                str(self.frame)]
-
-
-COLUMNS = ["Segment", "Score", "Benign", "Malignant", "Area", "Long axis", "Short axis",
-           "Taller than wide", "Frame"]
-CSV_FIELDS = ["segment", "prompt", "score", "benign", "malignant", "area", "long_axis",
-              "short_axis", "unit", "calibrated", "taller_than_wide", "frame", "empty"]
-
-
-def result_rows(summaries: Iterable[dict[str, Any]]) -> list[ResultRow]:
-    """Rows of the results table from `usvlm.report.summarize_result` summaries."""
-    rows = []
-    for s in summaries:
-        m = s["measurements"]
-        cls = s.get("classification") or {}
-        rows.append(ResultRow(segment=s.get("segment", s["name"]), prompt=s["prompt"],
-                              score=float(s["score"]), benign=cls.get("benign"),
-                              malignant=cls.get("malignant"), area=float(m["area"]),
-                              long_axis=float(m["long_axis"]), short_axis=float(m["short_axis"]),
-                              unit=m["unit"], calibrated=bool(m["calibrated"]),
-                              taller_than_wide=bool(m["taller_than_wide"]), frame=int(s["frame"]),
-                              empty=bool(s["empty"])))
-    return rows
-
-
-def rows_csv(rows: Sequence[ResultRow], delimiter: str = ",") -> str:
-    """CSV text of the rows (tab-separated for the clipboard: pastes into a spreadsheet)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for r in rows:
-        writer.writerow([r.segment, r.prompt, f"{r.score:.4f}",
-                         "" if r.benign is None else f"{r.benign:.4f}",
-                         "" if r.malignant is None else f"{r.malignant:.4f}",
-                         f"{r.area:.3f}", f"{r.long_axis:.3f}", f"{r.short_axis:.3f}", r.unit,
-                         str(r.calibrated).lower(), str(r.taller_than_wide).lower(), r.frame,
-                         str(r.empty).lower()])
-    return buffer.getvalue()
-
-
-def with_segment_names(summaries: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    """Summaries labelled with the segment names actually used in the scene ("Cyst 2")."""
-    return [{**s, "segment": n} for s, n in zip(summaries, names)]
 
 
 def model_summary(manifest: dict[str, Any]) -> str:

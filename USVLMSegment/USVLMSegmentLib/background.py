@@ -55,7 +55,7 @@ class BackgroundCall:
             self._events.put(CallEvent("done", result))
         except EngineCancelled:
             self._events.put(CallEvent("cancelled"))
-        except Exception as exc:  # noqa: BLE001 - every failure reaches the GUI as an event
+        except BaseException as exc:  # noqa: BLE001 - every failure reaches the GUI as an event
             self._events.put(CallEvent("error", exc))
         finally:
             self._finished.set()

@@ -14,8 +14,9 @@ from usvlm.io.image import ImageInfo, USImage
 
 
 def image_from_volume_array(array: np.ndarray, ijk_to_ras: np.ndarray, *, is_vector: bool,
-                            name: str | None = None, calibrated: bool = True) -> USImage:
-    """A `USImage` from a volume node's array and IJK-to-RAS matrix."""
+                            name: str | None = None, calibrated: bool) -> USImage:
+    """A `USImage` from a volume node's array and IJK-to-RAS matrix. `calibrated` says whether the
+    matrix's spacing was measured (no default: a placeholder 1 mm must never pass as one)."""
     array = np.asarray(array)
     expected = 4 if is_vector else 3
     if array.ndim != expected:
@@ -52,24 +53,3 @@ def frames_to_volume_array(mask: np.ndarray, frames: list[int], total_frames: in
     out = np.zeros((total_frames, *stack.shape[1:]), dtype=np.uint8)
     out[list(frames)] = stack
     return out
-
-
-def ras_to_pixel(geometry: Geometry, ras: np.ndarray | tuple[float, float, float],
-                 shape: tuple[int, int], frames: int = 1, *,
-                 tolerance: float = 0.5) -> tuple[float, float, int]:
-    """A RAS point (a markup control point, a slice offset) as (x, y, frame) on the image grid.
-
-    x, y are continuous pixel indices (I, J; pixel centres at integers), the frame is K rounded.
-    A point further than `tolerance` pixels outside the image, or off the frames, is an
-    `InputError`: the click was not on the image.
-    """
-    i, j, k = geometry.ras_to_ijk_points(np.asarray(ras, dtype=float))[0]
-    rows, columns = shape
-    frame = int(round(k))
-    inside = (-tolerance <= i <= columns - 1 + tolerance and -tolerance <= j <= rows - 1 + tolerance
-              and abs(k - frame) <= tolerance and 0 <= frame < frames)
-    if not inside:
-        raise InputError(None, f"point at RAS ({', '.join(f'{v:.1f}' for v in np.ravel(ras))}) is "
-                               f"not on the image (pixel {i:.1f}, {j:.1f}, frame {k:.1f}; the image "
-                               f"has {columns} x {rows} pixels, {frames} frame(s))")
-    return float(i), float(j), frame
