@@ -38,12 +38,12 @@ def test_one_undo_restores_the_state_before_each_write():
     first, second = _disk(8), _disk(14)
     history.record_write(KEY, None, first)
     history.record_write(KEY, first, second)
-    step = history.undo()
+    [step] = history.undo()
     assert step.key == KEY and np.array_equal(step.mask, first)
     assert history.owned_by_model(KEY, first)  # the model's again
-    step = history.undo()
+    [step] = history.undo()
     assert step.mask is None and not history.owned_by_model(KEY, first)  # the segment goes away
-    assert history.undo() is None and not history.can_undo
+    assert history.undo() == [] and not history.can_undo
 
 
 def test_cine_items_are_separate_segments_and_undo_depth_is_bounded():
@@ -53,7 +53,7 @@ def test_cine_items_are_separate_segments_and_undo_depth_is_bounded():
         history.record_write(SegmentKey(KEY.segmentation_id, KEY.segment_id, item), None, cine)
     assert history.owned_by_model(SegmentKey(KEY.segmentation_id, KEY.segment_id, 4), cine)
     assert not history.owned_by_model(KEY, cine)  # the non-sequence key was never written
-    assert sum(1 for _ in iter(history.undo, None)) == 3
+    assert sum(1 for _ in iter(history.undo, [])) == 3
 
 
 def test_forgetting_a_node_drops_its_writes_and_undo_steps():
@@ -63,7 +63,7 @@ def test_forgetting_a_node_drops_its_writes_and_undo_steps():
     history.record_write(other, None, _disk(6))
     history.forget(KEY.segmentation_id)
     assert not history.owned_by_model(KEY, _disk(5)) and history.owned_by_model(other, _disk(6))
-    assert history.undo().key == other and history.undo() is None
+    assert [s.key for s in history.undo()] == [other] and history.undo() == []
 
 
 def test_digest_depends_on_shape_and_pixels():
@@ -72,3 +72,25 @@ def test_digest_depends_on_shape_and_pixels():
     b = a.copy()
     b[1, 2] = 255
     assert mask_digest(b) != mask_digest(a) and mask_digest(b) == mask_digest(b.astype(bool))
+
+
+def test_one_run_over_a_cine_and_two_prompts_is_one_undo_step():
+    """Undo takes back everything one run (or refine) wrote: each prompt's segment on each item."""
+    history = SegmentHistory(max_undo=2)
+    keys = [SegmentKey(KEY.segmentation_id, seg, item) for seg in ("Segment_1", "Segment_2") for item in range(30)]
+    with history.change():
+        for key in keys:
+            history.record_write(key, None, _disk(6))
+    with history.change():  # a refine rewrites them
+        with history.change():  # nested groups join the outer one
+            for key in keys:
+                history.record_write(key, _disk(6), _disk(9))
+    with history.change():
+        pass  # nothing written: no undo step
+    steps = history.undo()
+    assert [s.key for s in steps] == keys[::-1]  # the latest write first
+    assert all(np.array_equal(s.mask, _disk(6)) for s in steps)
+    assert all(history.owned_by_model(k, _disk(6)) for k in keys)
+    steps = history.undo()
+    assert len(steps) == 60 and all(s.mask is None for s in steps)
+    assert history.undo() == [] and not history.can_undo

@@ -197,13 +197,14 @@ class USVLMSegmentLogic(ScriptedLoadableModuleLogic):
         if volume is None:
             raise ValueError("the image this run was made for was removed from the scene")
         selected = slicer.mrmlScene.GetNodeByID(target.segmentation_id) if target.segmentation_id else None
-        if target.browser_id is not None:
-            cine = sequences.CineSequence.of(volume)
-            if cine is None or cine.browser.GetID() != target.browser_id:
-                raise ValueError("the sequence this run was made for is no longer in the scene")
-            result = self._writeSequence(cine, selected, target, reply)
-        else:
-            result = self._writeVolume(volume, selected, target, reply)
+        with self.history.change():  # one Undo takes the whole run back
+            if target.browser_id is not None:
+                cine = sequences.CineSequence.of(volume)
+                if cine is None or cine.browser.GetID() != target.browser_id:
+                    raise ValueError("the sequence this run was made for is no longer in the scene")
+                result = self._writeSequence(cine, selected, target, reply)
+            else:
+                result = self._writeVolume(volume, selected, target, reply)
         self.last = result
         if p is not None:
             p.outputSegmentation = slicer.mrmlScene.GetNodeByID(result.segmentation_id)
@@ -302,27 +303,33 @@ class USVLMSegmentLogic(ScriptedLoadableModuleLogic):
             self.last = None
             return []
         skipped: List[str] = []
+        with self.history.change():
+            self._refineSegments(last, reply, node, volume, skipped)
+        last.reply = SegmentReply(reply.job, reply.result_id, reply.image_id, reply.frames,
+                                  reply.segments, reply.timings_ms)
+        last.skipped = skipped
+        return skipped
+
+    def _refineSegments(self, last: RunResult, reply: SegmentReply, node: Any, volume: Any,
+                        skipped: List[str]) -> None:
         if last.target.browser_id is None:
             for s, segmentId, name in zip(reply.segments, last.segment_ids, last.names):
                 mask = frames_to_volume(s.mask, last.target.frames, last.target.total)
                 if not self._rewrite(node, volume, segmentId, None, mask):
                     skipped.append(name)
-        else:
-            cine = sequences.CineSequence.of(volume)
-            if cine is None:
-                return list(last.names)
-            with cine.stepping() as step:
-                for t, item in enumerate(last.target.frames):
-                    step(item)
-                    for s, segmentId, name in zip(reply.segments, last.segment_ids, last.names):
-                        m = s.mask[t] if s.mask.ndim == 3 else s.mask
-                        if not self._rewrite(node, cine.proxy, segmentId, item, np.asarray(m, np.uint8)[np.newaxis]):
-                            if name not in skipped:
-                                skipped.append(name)
-        last.reply = SegmentReply(reply.job, reply.result_id, reply.image_id, reply.frames,
-                                  reply.segments, reply.timings_ms)
-        last.skipped = skipped
-        return skipped
+            return
+        cine = sequences.CineSequence.of(volume)
+        if cine is None:
+            skipped.extend(last.names)
+            return
+        with cine.stepping() as step:
+            for t, item in enumerate(last.target.frames):
+                step(item)
+                for s, segmentId, name in zip(reply.segments, last.segment_ids, last.names):
+                    m = s.mask[t] if s.mask.ndim == 3 else s.mask
+                    if not self._rewrite(node, cine.proxy, segmentId, item, np.asarray(m, np.uint8)[np.newaxis]):
+                        if name not in skipped:
+                            skipped.append(name)
 
     def _rewrite(self, node: Any, volume: Any, segmentId: str, item: Optional[int], mask: np.ndarray) -> bool:
         key = SegmentKey(node.GetID(), segmentId, item)
@@ -336,26 +343,30 @@ class USVLMSegmentLogic(ScriptedLoadableModuleLogic):
         return True
 
     # -- undo ------------------------------------------------------------------------------------
-    def undo(self) -> Optional[str]:
-        """Restore the segment the last write changed; returns its name (None: nothing to undo)."""
-        step = self.history.undo()
-        if step is None:
-            return None
-        node = slicer.mrmlScene.GetNodeByID(step.key.segmentation_id)
-        if node is None:
-            return self.undo()  # that node is gone: undo the step before
-        volume = self._referenceVolume(node)
-        cine = sequences.CineSequence.of(volume) if step.key.item is not None and volume is not None else None
-        with (cine.stepping() if cine is not None else sequences.no_stepping()) as go:
-            if step.key.item is not None:
-                go(step.key.item)
-            segment = node.GetSegmentation().GetSegment(step.key.segment_id)
-            name = segment.GetName() if segment is not None else step.key.segment_id
-            if step.mask is None:
-                scene.remove_segment(node, step.key.segment_id)
-            elif segment is not None and volume is not None:
-                scene.write_mask(node, step.key.segment_id, step.mask, cine.proxy if cine else volume)
-        return name
+    def undo(self) -> List[str]:
+        """Take back the module's last change (a run or a refine: every segment and frame it
+        wrote); returns the names of the segments restored (empty: nothing to undo)."""
+        steps = self.history.undo()
+        names: List[str] = []
+        for step in steps:  # the latest write first
+            node = slicer.mrmlScene.GetNodeByID(step.key.segmentation_id)
+            volume = self._referenceVolume(node) if node is not None else None
+            if node is None or volume is None:
+                continue  # removed from the scene since: nothing to restore
+            cine = sequences.CineSequence.of(volume) if step.key.item is not None else None
+            with (cine.stepping() if cine is not None else sequences.no_stepping()) as go:
+                if cine is not None:
+                    go(step.key.item)
+                segment = node.GetSegmentation().GetSegment(step.key.segment_id)
+                if segment is not None and segment.GetName() not in names:
+                    names.append(segment.GetName())
+                if step.mask is None:
+                    scene.remove_segment(node, step.key.segment_id)
+                elif segment is not None:
+                    scene.write_mask(node, step.key.segment_id, step.mask, volume)
+        if self.last is not None and not any(s.mask is not None for s in steps):
+            self.last = None  # the run itself was undone: nothing left to refine
+        return names
 
     @staticmethod
     def _referenceVolume(node: Any) -> Any:

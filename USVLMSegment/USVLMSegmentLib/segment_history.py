@@ -5,7 +5,7 @@ the segment. That must never erase a correction made in the Segment Editor: befo
 module asks `owned_by_model(key, current_mask)`, which compares the segment as it is now with what
 the model last wrote (a digest, so no copy of every mask is kept). An edited segment is left alone
 (the module writes a new segment or asks). Every write first pushes the segment's previous state,
-so one Undo restores it.
+so one Undo restores it; all the segments and frames of one run or refine are one step.
 
 Pure Python and numpy (it runs inside Slicer's Python, Python 3.9 and later); MRML stays in the
 module, which passes masks in and applies what `undo` returns.
@@ -13,10 +13,11 @@ module, which passes masks in and applies what `undo` returns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Deque, Dict, Optional, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -69,12 +70,20 @@ class UndoStep:
     mask: Optional[np.ndarray]
 
 
+_Entry = Tuple[SegmentKey, _Saved, Optional[str]]  # the key, its state before, its digest before
+
+
 class SegmentHistory:
-    """The model's writes and the undo steps of one scene."""
+    """The model's writes and the undo steps of one scene.
+
+    Writes made inside `with history.change():` are one undo step: a run writes every prompt's
+    segment on every frame of a cine, and one Undo takes all of that back.
+    """
 
     def __init__(self, max_undo: int = MAX_UNDO) -> None:
         self._written: Dict[SegmentKey, str] = OrderedDict()
-        self._undo: Deque[Tuple[SegmentKey, _Saved, Optional[str]]] = deque(maxlen=max_undo)
+        self._undo: Deque[List[_Entry]] = deque(maxlen=max_undo)
+        self._open: Optional[List[_Entry]] = None
 
     def owned_by_model(self, key: SegmentKey, current: Optional[np.ndarray]) -> bool:
         """True when the model wrote `key` and nobody changed it since (live refine may rewrite it);
@@ -86,31 +95,52 @@ class SegmentHistory:
         """True when the model wrote `key` and it has been changed (or removed) since."""
         return key in self._written and not self.owned_by_model(key, current)
 
+    @contextlib.contextmanager
+    def change(self) -> Iterator[None]:
+        """Group the writes made inside into one undo step (nested groups join the outer one)."""
+        if self._open is not None:
+            yield
+            return
+        self._open = []
+        try:
+            yield
+        finally:
+            if self._open:
+                self._undo.append(self._open)
+            self._open = None
+
     def record_write(self, key: SegmentKey, previous: Optional[np.ndarray], written: np.ndarray) -> None:
         """Call after the module wrote `written` into `key`, whose state before was `previous`
-        (None: the segment did not exist)."""
-        self._undo.append((key, _Saved.of(previous), self._written.get(key)))
+        (None: the segment did not exist). Outside `change()` the write is an undo step alone."""
+        entry = (key, _Saved.of(previous), self._written.get(key))
+        if self._open is not None:
+            self._open.append(entry)
+        else:
+            self._undo.append([entry])
         self._written[key] = mask_digest(written)
 
     @property
     def can_undo(self) -> bool:
         return bool(self._undo)
 
-    def undo(self) -> Optional[UndoStep]:
-        """The last write's previous state, or None when there is nothing to undo. The segment
-        is the model's again only if it was the model's before that write."""
+    def undo(self) -> List[UndoStep]:
+        """The last change taken back: the previous state of every segment it wrote, the latest
+        write first (empty when there is nothing to undo). A segment is the model's again only if
+        it was the model's before."""
         if not self._undo:
-            return None
-        key, saved, previous_digest = self._undo.pop()
-        if previous_digest is None:
-            self._written.pop(key, None)
-        else:
-            self._written[key] = previous_digest
-        return UndoStep(key, saved.mask())
+            return []
+        steps = []
+        for key, saved, previous_digest in reversed(self._undo.pop()):
+            if previous_digest is None:
+                self._written.pop(key, None)
+            else:
+                self._written[key] = previous_digest
+            steps.append(UndoStep(key, saved.mask()))
+        return steps
 
     def forget(self, segmentation_id: str) -> None:
         """Drop everything about a segmentation node (removed from the scene, scene closed)."""
         self._written = OrderedDict((k, v) for k, v in self._written.items()
                                     if k.segmentation_id != segmentation_id)
-        self._undo = deque(((k, s, d) for k, s, d in self._undo if k.segmentation_id != segmentation_id),
-                           maxlen=self._undo.maxlen)
+        kept = ([e for e in group if e[0].segmentation_id != segmentation_id] for group in self._undo)
+        self._undo = deque((g for g in kept if g), maxlen=self._undo.maxlen)

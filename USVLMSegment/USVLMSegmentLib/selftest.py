@@ -171,6 +171,12 @@ class SelfTests:
         self.assertTrue(cine.browser.GetSaveChanges(segSequence))
         self.checkSegments(result, volume, cine)
         self.assertTrue(result.target.calibration.calibrated)
+        # One Undo takes the whole run back: the segment goes from every item.
+        self.assertEqual(logic.undo(), result.names)
+        for item in range(6):
+            cine.select(item)
+            slicer.app.processEvents()
+            self.assertIsNone(segNode.GetSegmentation().GetSegment(result.segment_ids[0]), f"item {item}")
 
     def test_rgb_volume(self):
         """An RGB (vector) 2D volume made in the scene: uncalibrated spacing is reported in px."""
@@ -206,7 +212,7 @@ class SelfTests:
         self.assertEqual(logic.refineNow(p), [])
         refined = scene.segment_mask(segNode, segmentId, node)
         self.assertFalse(np.array_equal(first, refined), "the threshold change did not change the mask")
-        self.assertEqual(logic.undo(), segNode.GetSegmentation().GetSegment(segmentId).GetName())
+        self.assertEqual(logic.undo(), [segNode.GetSegmentation().GetSegment(segmentId).GetName()])
         np.testing.assert_array_equal(scene.segment_mask(segNode, segmentId, node), first)
         # A manual edit, as the Segment Editor would make it, then a slider move: the edit stays.
         edited = first.copy()

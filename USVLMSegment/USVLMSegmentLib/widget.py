@@ -489,8 +489,11 @@ class USVLMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUndo(self) -> None:
         with slicer.util.tryWithErrorDisplay("USVLM could not undo."):
-            name = self.logic.undo()
-            self.ui.statusLabel.text = f"Undid the last change to {name}." if name else "Nothing to undo."
+            names = self.logic.undo()
+            self.ui.statusLabel.text = ("Undid the last change to " + ", ".join(names) + "."
+                                        if names else "Nothing to undo.")
+            if self.logic.last is None:
+                self.ui.resultsTable.setRowCount(0)
         self.updateButtons()
 
     # -- results ---------------------------------------------------------------------------------
