@@ -11,6 +11,12 @@ Rayleigh distributed, the statistics of speckle rather than additive Gaussian no
 
 Images are float in [0, 1] (the model input); numpy arrays or torch tensors, (H, W) or (C, H, W);
 masks (H, W) or (N, H, W). Results have the input's type and layout.
+
+Presets (`augment_preset`): "default" (`AugmentConfig()`, what phantom training has always used,
+unchanged draws), "real" (`AugmentConfig.real()`, opt-in for real images: harder crops that keep
+the structure mostly in view, small rotations, wider gain / contrast / gamma, stronger speckle and
+blur) and "none". Burned-in callipers, marks and text of real images are left as they are: the
+engine sees them too.
 """
 
 from __future__ import annotations
@@ -50,11 +56,38 @@ class AugmentConfig:
     # in; without this, structures smaller in the model input than in training are missed.
     zoom_out_p: float = 0.25
     zoom_out_scale: Range = (1.0, 2.0)
+    # Off by default (phantom training unchanged); on in `real()`.
+    rotate_p: float = 0.0
+    rotate_deg: float = 12.0  # at most, either way, about the centre of the crop; corners padded black
+    # A crop keeping less than this share of the masks' area is moved (then grown) to take them
+    # in; 0: crops ignore the masks.
+    crop_keep: float = 0.0
 
     @classmethod
     def none(cls) -> "AugmentConfig":
         return cls(crop_p=0.0, hflip_p=0.0, vflip_p=0.0, intensity_p=0.0, depth_p=0.0,
-                   speckle_p=0.0, blur_p=0.0, zoom_out_p=0.0)
+                   speckle_p=0.0, blur_p=0.0, zoom_out_p=0.0, rotate_p=0.0)
+
+    @classmethod
+    def real(cls) -> "AugmentConfig":
+        """Stronger augmentation for real images (opt-in): crops down to 35 % of the area that
+        keep 90 % of the structure, rotations up to 12 degrees, gain +-6 dB, wider contrast and
+        gamma, stronger speckle and blur, and zoom-out now and then."""
+        return cls(crop_p=0.8, crop_scale=(0.35, 1.0), crop_keep=0.9, hflip_p=0.5, intensity_p=0.9,
+                   gain_db=(-6.0, 6.0), contrast=(0.7, 1.4), gamma=(0.6, 1.6), depth_p=0.5,
+                   speckle_p=0.5, speckle_strength=(0.05, 0.4), blur_p=0.3, blur_sigma=(0.3, 1.5),
+                   zoom_out_p=0.15, zoom_out_scale=(1.0, 1.8), rotate_p=0.5, rotate_deg=12.0)
+
+
+AUGMENT_PRESETS = ("default", "real", "none")
+
+
+def augment_preset(name: str) -> AugmentConfig:
+    """"default" (phantom training's), "real" (stronger, for real images) or "none"."""
+    presets = {"default": AugmentConfig, "real": AugmentConfig.real, "none": AugmentConfig.none}
+    if name not in presets:
+        raise ValueError(f"augmentation preset must be one of {', '.join(AUGMENT_PRESETS)}, got {name!r}")
+    return presets[name]()
 
 
 @dataclass
@@ -111,14 +144,61 @@ def _draw(rng: np.random.Generator, config: AugmentConfig, shape: tuple[int, int
     params["zoom_out"] = bool(rng.random() < config.zoom_out_p and zoom > 1.0)
     if params["zoom_out"]:
         params["crop"] = (float(ztop), float(zleft), float(zh), float(zw))
+    # Drawn after zoom-out, so the draws above stay what they were before rotation existed.
+    angle = float(rng.uniform(-config.rotate_deg, config.rotate_deg))
+    params["rotate"] = bool(rng.random() < config.rotate_p and config.rotate_deg > 0)
+    params["angle"] = angle if params["rotate"] else 0.0
     return params
 
 
+def _keep_in_view(crop: tuple[float, float, float, float], masks: np.ndarray, keep: float
+                  ) -> tuple[tuple[float, float, float, float], bool]:
+    """The crop box (top, left, height, width), moved onto the masks' union when it keeps less
+    than `keep` of its area, then grown (up to the image) when moving is not enough."""
+    union = masks.any(axis=0) if len(masks) else np.zeros((1, 1), bool)
+    if keep <= 0 or not union.any():
+        return crop, False
+    h, w = union.shape
+    rows, cols = np.nonzero(union)
+
+    def kept(box: tuple[float, float, float, float]) -> float:
+        t, l, bh, bw = box
+        inside = (rows >= t) & (rows + 1 <= t + bh) & (cols >= l) & (cols + 1 <= l + bw)
+        return float(inside.mean())
+
+    if kept(crop) >= keep:
+        return crop, False
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1.0, cols.min(), cols.max() + 1.0
+    _, _, ch, cw = crop
+    for grow in (False, True):
+        if grow:  # the structure is larger than the box: take it in, the shape of the box kept
+            factor = min(max((r1 - r0) / ch, (c1 - c0) / cw, 1.0) * 1.05, h / ch, w / cw)
+            ch, cw = ch * factor, cw * factor
+        top = float(np.clip((r0 + r1) / 2 - ch / 2, 0.0, h - ch))
+        left = float(np.clip((c0 + c1) / 2 - cw / 2, 0.0, w - cw))
+        box = (top, left, float(ch), float(cw))
+        if kept(box) >= keep:
+            break
+    return box, True
+
+
 def _resample(stack: np.ndarray, crop: tuple[float, float, float, float] | None, hflip: bool,
-              vflip: bool) -> np.ndarray:
-    """(K, H, W) float -> the crop (top, left, height, width) scaled back to (H, W), flipped."""
+              vflip: bool, angle: float = 0.0) -> np.ndarray:
+    """(K, H, W) float -> the crop (top, left, height, width) scaled back to (H, W), turned by
+    `angle` degrees about its centre (in image space: a rotation, not a shear), flipped."""
     k, h, w = stack.shape
-    if crop is not None:
+    if angle:
+        top, left, ch, cw = crop if crop is not None else (0.0, 0.0, float(h), float(w))
+        rows = top + (np.arange(h) + 0.5) * ch / h - 0.5
+        cols = left + (np.arange(w) + 0.5) * cw / w - 0.5
+        r, c = np.meshgrid(rows, cols, indexing="ij")
+        cy, cx = top + ch / 2 - 0.5, left + cw / 2 - 0.5
+        cos, sin = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        grid = np.stack([cy + cos * (r - cy) - sin * (c - cx), cx + sin * (r - cy) + cos * (c - cx)])
+        # what turns in from outside the image is black, outside the field of view, no structure
+        stack = np.stack([ndimage.map_coordinates(s, grid, order=1, mode="constant", cval=0.0)
+                          for s in stack])
+    elif crop is not None:
         top, left, ch, cw = crop
         # output pixel centre v maps to top + (v + 0.5) * ch / h - 0.5, as the letterbox does
         rows = top + (np.arange(h) + 0.5) * ch / h - 0.5
@@ -181,9 +261,12 @@ def augment_image(image: Any, masks: Any = None, *, seed: Any = 0, config: Augme
 
     rng = np.random.default_rng(seed)
     params = _draw(rng, config, hw)
+    if params["crop"] is not None and not params["zoom_out"] and config.crop_keep > 0:
+        params["crop"], params["crop_moved"] = _keep_in_view(params["crop"], stack_masks != 0,
+                                                             config.crop_keep)
     n_img = chw.shape[0]
     stack = np.concatenate([chw, stack_masks.astype(np.float32), sup.reshape(1, *hw).astype(np.float32)])
-    stack = _resample(stack, params["crop"], params["hflip"], params["vflip"])
+    stack = _resample(stack, params["crop"], params["hflip"], params["vflip"], params["angle"])
     new_img, new_masks, new_sup = stack[:n_img], stack[n_img:-1] >= 0.5, stack[-1] >= 0.5
     new_img = _intensity(new_img, new_sup, params, config)
 

@@ -10,6 +10,10 @@ their masks:
 - "group" prompts (a bank structure's own texts, "breast mass") refer to every structure of the
   classes it groups (benign and malignant masses).
 So one image with a cyst and a mass teaches that "cyst" is the cyst and not the mass.
+
+Real images whose structures carry no description (BUSI, HC18) get image-level captions for
+stage-1 alignment from `image_captions` ("ultrasound of a benign breast mass", "breast ultrasound
+without a lesion"), stored on the sample by the real layout reader.
 """
 
 from __future__ import annotations
@@ -33,7 +37,24 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "lymph node": ("lymph node", "cervical lymph node", "neck lymph node", "node"),
     "thyroid nodule": ("thyroid nodule", "nodule of the thyroid", "thyroid lesion"),
     "lesion": ("lesion", "tumor", "mass", "abnormality"),
+    # real data: the breast bank's "Breast mass" (BUSI) and the fetal head (HC18, no bank yet)
+    "breast mass": ("breast mass", "breast lesion", "breast tumor", "breast tumour", "breast nodule",
+                    "solid breast mass", "mass in the breast"),
+    "fetal head": ("fetal head", "fetal skull", "foetal head", "fetal cranium", "head of the fetus",
+                   "skull of the fetus"),
 }
+
+# Synonyms of findings (a class qualified by a malignancy), added to the finding prompts.
+FINDING_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "benign breast mass": ("benign breast mass", "benign breast lesion", "benign breast tumor",
+                           "benign mass in the breast", "benign mass"),
+    "malignant breast mass": ("malignant breast mass", "malignant breast lesion", "malignant breast tumor",
+                              "breast cancer", "breast carcinoma", "malignant mass"),
+}
+
+# Classes that are names of one structure at two levels (a group and its classes), known without
+# the prompt banks: never prompted as absent when the other is present.
+KNOWN_GROUPS: dict[str, tuple[str, ...]] = {"breast mass": ("benign mass", "malignant mass")}
 
 # Templates around class names; descriptions are used as they are.
 TEMPLATES: tuple[str, ...] = ("{}", "{}", "a {}", "the {}", "{} in the ultrasound image",
@@ -89,9 +110,9 @@ class PromptSampler:
         """The class name itself: the prompt evaluation uses."""
         return Prompt(structure.class_name, "class", structure.class_name)
 
-    def class_prompts(self, class_name: str) -> list[str]:
+    def class_prompts(self, class_name: str, synonyms: bool = True) -> list[str]:
         """The class-kind texts of a class (name and synonyms in templates, bank entries)."""
-        names = [class_name, *SYNONYMS.get(class_name, ())]
+        names = [class_name, *(SYNONYMS.get(class_name, ()) if synonyms else ())]
         texts = [t.format(n) for n in dict.fromkeys(names) for t in self.templates]
         texts += self.bank.get(_key(class_name), [])
         return [t for t in dict.fromkeys(texts) if t.strip().lower() not in self.held_out]
@@ -109,7 +130,7 @@ class PromptSampler:
 
     def sample_group(self, group: str, rng: np.random.Generator) -> Prompt:
         """A prompt naming the whole group ("breast mass"): its target is every member class."""
-        options = self.class_prompts(group)  # the group's name in templates, its bank texts
+        options = self.class_prompts(group, synonyms=False)  # the group's name in templates, its bank texts
         return Prompt(options[int(rng.integers(len(options)))] if options else group, "group",
                       group, classes=self.groups[group])
 
@@ -125,7 +146,8 @@ class PromptSampler:
         own = [class_from_segment_name(structure.name)] if structure.name else []
         texts = {"class": self.class_prompts(cls) + [t.format(n) for n in own for t in self.templates]}
         if malignancy is not None and structure.finding != cls:
-            texts["finding"] = [structure.finding, *self.bank.get(_key(structure.finding), [])]
+            texts["finding"] = [structure.finding, *FINDING_SYNONYMS.get(structure.finding, ()),
+                                *self.bank.get(_key(structure.finding), [])]
         if structure.description:
             texts["description"] = [structure.description]
         out: dict[Kind, list[Prompt]] = {}
@@ -153,3 +175,42 @@ class PromptSampler:
 def target_indices(prompt: Prompt, structures: Sequence[Structure]) -> list[int]:
     """Indices of the structures the prompt refers to (their masks' union is the target)."""
     return [i for i, s in enumerate(structures) if prompt.refers_to(s)]
+
+
+# -- image-level captions (stage-1 alignment of real images) -------------------------------------
+
+# Organ key -> the word for its ultrasound examination ("breast ultrasound", "obstetric ultrasound").
+ORGAN_WORDS: dict[str, str] = {"breast": "breast", "thyroid": "thyroid", "fetal head": "obstetric",
+                               "neck": "neck", "prostate": "prostate"}
+FINDING_CAPTIONS: tuple[str, ...] = ("ultrasound of {a}", "{a} on ultrasound",
+                                     "B-mode ultrasound image of {a}", "{o} ultrasound showing {a}", "{n}")
+ANATOMY_CAPTIONS: tuple[str, ...] = ("{n} ultrasound", "{o} ultrasound of the {n}")
+NORMAL_CAPTIONS: tuple[str, ...] = ("{o} ultrasound without a lesion", "normal {o} ultrasound",
+                                    "{o} ultrasound with no mass", "ultrasound of normal {o} tissue",
+                                    "{o} tissue without a focal lesion", "{o} ultrasound with no finding")
+
+
+def _article(text: str) -> str:
+    return f"{'an' if text[:1].lower() in 'aeiou' else 'a'} {text}"
+
+
+def image_captions(organ: str | None, structures: Sequence[Structure], *, names: int = 4) -> tuple[str, ...]:
+    """Captions of an image from its organ key ("breast") and structures, the canonical first:
+    "ultrasound of a benign breast mass", ..., "fetal head ultrasound", ...; an image without
+    structures: "breast ultrasound without a lesion", ... `names`: how many synonyms of each
+    finding the captions use."""
+    word = ORGAN_WORDS.get(organ or "", organ or "")
+    if not structures:
+        if not word:
+            return ("ultrasound without a lesion", "ultrasound image with no focal lesion")
+        return tuple(dict.fromkeys(t.format(o=word) for t in NORMAL_CAPTIONS))
+    texts: list[str] = []
+    for structure in structures:
+        finding = structure.finding
+        synonyms = (FINDING_SYNONYMS.get(finding) if finding != structure.class_name
+                    else SYNONYMS.get(structure.class_name)) or ()
+        for n in list(dict.fromkeys([finding, *synonyms]))[:names]:
+            templates = FINDING_CAPTIONS + (ANATOMY_CAPTIONS if structure.malignancy is None else ())
+            texts += [t.format(a=_article(n), n=n, o=word) for t in templates
+                      if word or "{o}" not in t]
+    return tuple(dict.fromkeys(" ".join(t.split()) for t in texts))

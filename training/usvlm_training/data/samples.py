@@ -1,14 +1,17 @@
 """Training samples: one image, its structures (masks, class, malignancy, description), its spacing.
 
-    data = open_dataset("cohort/")          # layout detected: paper, phantom or Slicer exports
+    data = open_dataset("cohort/")          # layout detected: paper, phantom, Slicer exports or real
     for sample in data.split("train"):
         image, masks = sample.load_image(), sample.load_masks()
+    data = open_datasets(["phantoms/", "real/busi", "real/hc18"])   # several folders as one
 
-Three layouts are read (see `layouts.py`): the reference paper's (`images/`, `masks/`, split files,
-`labels.csv`), the phantom generator's (`samples.jsonl`) and a folder of Slicer exports (image +
-`<stem>.seg.nrrd`). Broken samples (missing or mis-sized mask, unreadable image, unknown label or
-split id) are all named: `on_error="raise"` stops with one InputError listing every one of them,
-`on_error="skip"` drops them with a warning and keeps the list in `SampleSet.problems`.
+Four layouts are read (see `layouts.py`): the reference paper's (`images/`, `masks/`, split files,
+`labels.csv`), the phantom generator's (`samples.jsonl`), a folder of Slicer exports (image +
+`<stem>.seg.nrrd`) and re-packed real data sets (`manifest.csv` with `images/` and `masks/`, or a
+folder of such folders: BUSI, HC18), split by group of near-duplicate images, never by image.
+Broken samples (missing or mis-sized mask, unreadable image, unknown label or split id) are all
+named: `on_error="raise"` stops with one InputError listing every one of them, `on_error="skip"`
+drops them with a warning and keeps the list in `SampleSet.problems`.
 
 Spacing is (row, column) in mm, the DICOM PixelSpacing order, which is also numpy's axis order and
 what `usvlm_training.metrics` takes.
@@ -32,10 +35,14 @@ from usvlm.errors import InputError
 from usvlm.io import USImage, read_image, read_seg_nrrd
 from usvlm.io.raster_reader import RASTER_SUFFIXES
 
-Layout = Literal["paper", "phantom", "slicer"]
+Layout = Literal["paper", "phantom", "slicer", "real", "mixed"]
 OnError = Literal["raise", "skip"]
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
+DEFAULT_VAL_FRACTION = 0.2  # share of the groups a real data set puts in "val" (it has no "test")
+# The real layout's split seed unless one is given: fixed, not the training seed, so runs with
+# other seeds validate on the same groups and an evaluation can name them.
+REAL_SPLIT_SEED = 2026
 
 # Malignancy -> class label of the classification head; -1 stands for "unknown".
 LABELS: dict[str, int] = {"benign": 0, "malignant": 1}
@@ -109,7 +116,15 @@ class Structure:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its structures. `shape` (rows, columns) is checked against every mask."""
+    """One image and its structures. `shape` (rows, columns) is checked against every mask.
+
+    `absent`: the classes known NOT to be in the image, for prompts with empty targets. None (the
+    phantom, paper and Slicer layouts) means a closed world: every class of the data set that the
+    image does not hold is absent. A tuple (real data) is an open world: only those classes are
+    known absent (a normal breast image holds no breast mass, a fetal head image no thyroid
+    nodule); a class merely missing from the annotation is never taken for absent.
+    `group`: images sharing it are near-duplicates (split together). `captions`: image-level
+    texts for image-text alignment where structures carry no description (real data)."""
 
     id: str
     image_path: Path
@@ -118,6 +133,9 @@ class Sample:
     organ: str | None = None
     probe: str | None = None
     shape: tuple[int, int] | None = None
+    group: str | None = None
+    absent: tuple[str, ...] | None = None
+    captions: tuple[str, ...] = ()
 
     @property
     def label(self) -> int:
@@ -216,8 +234,9 @@ class SampleSet:
     layout: Layout
     samples: list[Sample]
     splits: dict[str, list[str]]
-    split_source: Literal["files", "seeded"] = "files"
+    split_source: Literal["files", "seeded", "groups", "mixed"] = "files"
     problems: list[str] = field(default_factory=list)
+    parts: list[dict] = field(default_factory=list)  # a merged set: the summary of each folder
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -246,35 +265,48 @@ class SampleSet:
 
     def summary(self) -> dict:
         """Counts for logs and the model manifest's provenance."""
-        return {"root": str(self.root), "layout": self.layout, "samples": len(self.samples),
-                "structures": sum(len(s.structures) for s in self.samples),
-                "splits": {k: len(v) for k, v in self.splits.items()}, "split_source": self.split_source,
-                "classes": dict(sorted(Counter(st.class_name for s in self.samples
-                                               for st in s.structures).items())),
-                "labels": dict(sorted(Counter(s.label for s in self.samples).items())),
-                "skipped": len(self.problems)}
+        out = {"root": str(self.root), "layout": self.layout, "samples": len(self.samples),
+               "structures": sum(len(s.structures) for s in self.samples),
+               "splits": {k: len(v) for k, v in self.splits.items()}, "split_source": self.split_source,
+               "classes": dict(sorted(Counter(st.class_name for s in self.samples
+                                              for st in s.structures).items())),
+               "labels": dict(sorted(Counter(s.label for s in self.samples).items())),
+               "skipped": len(self.problems)}
+        if any(s.group is not None for s in self.samples):
+            out["groups"] = len({s.group for s in self.samples})
+            out["without_structures"] = sum(not s.structures for s in self.samples)
+        if self.parts:
+            out["parts"] = self.parts
+        return out
 
 
 def detect_layout(root: str | os.PathLike) -> Layout:
-    """'phantom' (samples.jsonl), 'paper' (images/ and masks/) or 'slicer' (*.seg.nrrd files)."""
+    """'phantom' (samples.jsonl), 'real' (manifest.csv with images/ and masks/, or sub-folders of
+    that kind), 'paper' (images/ and masks/) or 'slicer' (*.seg.nrrd files)."""
+    from .layouts import real_folders
+
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "data set folder not found" if not root.exists() else "not a folder")
     if (root / "samples.jsonl").is_file():
         return "phantom"
+    if real_folders(root):
+        return "real"
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return "paper"
     if next(root.rglob("*.seg.nrrd"), None) is not None:
         return "slicer"
-    raise InputError(root, "not a data set: expected samples.jsonl (phantom), images/ and masks/ "
-                           "folders (paper layout) or image files with <name>.seg.nrrd (Slicer exports)")
+    raise InputError(root, "not a data set: expected samples.jsonl (phantom), manifest.csv with "
+                           "images/ and masks/ (real), images/ and masks/ folders (paper layout) or "
+                           "image files with <name>.seg.nrrd (Slicer exports)")
 
 
 def open_dataset(path: str | os.PathLike, *, layout: Layout | None = None, on_error: OnError = "raise",
                  classes: Collection[str] | None = None, class_map: Mapping[str, str] | None = None,
                  default_class: str = "lesion", organ: str | None = None,
                  spacing_mm: tuple[float, float] | None = None, seed: int = 0,
-                 splits: Sequence[float] = DEFAULT_SPLITS, check_files: bool = True) -> SampleSet:
+                 splits: Sequence[float] = DEFAULT_SPLITS, check_files: bool = True,
+                 val_fraction: float = DEFAULT_VAL_FRACTION, split_seed: int | None = None) -> SampleSet:
     """Read a data folder (layout detected unless given).
 
     classes: the allowed class names (others are bad samples); class_map: renames classes, e.g.
@@ -282,6 +314,10 @@ def open_dataset(path: str | os.PathLike, *, layout: Layout | None = None, on_er
     class of the paper layout's masks, which do not name it; spacing_mm (row, column): for samples
     whose files carry none; seed, splits: the seeded split when the folder has no split files;
     check_files: open every image and mask header to check presence and size.
+    Real layout (no split files): whole groups go to "train" or "val" (`val_fraction` of the
+    groups of each label, chosen by a hash of the group id and `split_seed`, default
+    REAL_SPLIT_SEED, not `seed`); "test" is always empty (the test split of those data sets is
+    held back elsewhere).
     """
     from . import layouts  # readers use the records above
 
@@ -289,10 +325,17 @@ def open_dataset(path: str | os.PathLike, *, layout: Layout | None = None, on_er
     layout = layout or detect_layout(root)
     if on_error not in ("raise", "skip"):
         raise InputError(None, f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if layout not in ("paper", "phantom", "slicer", "real"):
+        raise InputError(None, f"layout must be paper, phantom, slicer or real, got {layout!r}")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise InputError(None, f"val_fraction must be in [0, 1), got {val_fraction}")
     options = layouts.ReadOptions(class_map=dict(class_map or {}), default_class=default_class,
-                                  organ=organ, spacing_mm=spacing_mm, check_files=check_files)
+                                  organ=organ, spacing_mm=spacing_mm, check_files=check_files,
+                                  val_fraction=float(val_fraction),
+                                  split_seed=(REAL_SPLIT_SEED if layout == "real" else seed)
+                                  if split_seed is None else int(split_seed))
     reader = {"paper": layouts.read_paper, "phantom": layouts.read_phantom,
-              "slicer": layouts.read_slicer}[layout]
+              "slicer": layouts.read_slicer, "real": layouts.read_real}[layout]
     try:
         samples, problems = reader(root, options)
     except (OSError, UnicodeDecodeError) as exc:  # e.g. a layout forced on a folder of another
@@ -306,7 +349,13 @@ def open_dataset(path: str | os.PathLike, *, layout: Layout | None = None, on_er
                                            f"({', '.join(sorted(allowed))})"))
     bad = {where for where, _ in problems}
     samples = sorted((s for s in samples if s.id not in bad), key=lambda s: s.id)
-    split_ids, split_problems, source = layouts.read_splits(root, [s.id for s in samples], bad, seed, splits)
+    if layout == "real" and not any((root / f"{name}.txt").is_file() for name in SPLITS):
+        split_ids, split_problems, source = layouts.group_splits(samples, options), [], "groups"
+    else:
+        split_ids, split_problems, source = layouts.read_splits(root, [s.id for s in samples], bad,
+                                                                seed, splits)
+        if layout == "real":
+            split_problems += layouts.group_leaks(samples, split_ids)
     problems += split_problems
     bad |= {where for where, _ in split_problems}  # e.g. a sample listed in two splits
     samples = [s for s in samples if s.id not in bad]
@@ -320,3 +369,53 @@ def open_dataset(path: str | os.PathLike, *, layout: Layout | None = None, on_er
     if not samples:
         raise InputError(root, "the data set has no usable samples")
     return SampleSet(root, layout, samples, split_ids, source, messages)
+
+
+def open_datasets(paths: str | os.PathLike | Sequence[str | os.PathLike], **options) -> SampleSet:
+    """One folder (as `open_dataset`) or several read as one data set: e.g. phantoms and real
+    folders, `open_datasets(["phantoms", "real/busi", "real/hc18"])`. Each folder is read and
+    split on its own (`options` apply to each); see `merge_datasets`."""
+    if isinstance(paths, (str, os.PathLike)):
+        return open_dataset(paths, **options)
+    paths = list(paths)
+    if not paths:
+        raise InputError(None, "no data set folder given")
+    if len(paths) == 1:
+        return open_dataset(paths[0], **options)
+    return merge_datasets([open_dataset(p, **options) for p in paths])
+
+
+def merge_datasets(sets: Sequence[SampleSet]) -> SampleSet:
+    """Several data sets as one: sample ids become `<folder name>/<id>` (two folders of one name
+    get `-2`, `-3`), each split is the union of the folders' splits, `parts` keeps each folder's
+    summary. A layout with a closed world (phantoms: every class of the data set that an image
+    does not hold is absent) keeps it over the merged class list; real samples list their own."""
+    import dataclasses
+
+    if not sets:
+        raise InputError(None, "no data sets to merge")
+    if len(sets) == 1:
+        return sets[0]
+    prefixes: list[str] = []
+    for data in sets:
+        name = data.root.name or "data"
+        prefix, k = name, 1
+        while prefix in prefixes:
+            k += 1
+            prefix = f"{name}-{k}"
+        prefixes.append(prefix)
+    samples: list[Sample] = []
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    for prefix, data in zip(prefixes, sets):
+        samples += [dataclasses.replace(s, id=f"{prefix}/{s.id}") for s in data.samples]
+        for name, ids in data.splits.items():
+            splits.setdefault(name, []).extend(f"{prefix}/{i}" for i in ids)
+    roots = [d.root for d in sets]
+    try:
+        root = Path(os.path.commonpath(roots))
+    except ValueError:  # different drives
+        root = roots[0].parent
+    sources = {d.split_source for d in sets}
+    return SampleSet(root, "mixed", samples, splits,
+                     sources.pop() if len(sources) == 1 else "mixed",  # type: ignore[arg-type]
+                     [p for d in sets for p in d.problems], [d.summary() for d in sets])

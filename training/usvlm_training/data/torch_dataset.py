@@ -20,7 +20,7 @@ from usvlm.errors import InputError
 from usvlm.preprocess import PreparedImage, prepare
 
 from .augment import AugmentConfig, augment_image
-from .prompts import Kind, Prompt, PromptSampler, target_indices
+from .prompts import KNOWN_GROUPS, Kind, Prompt, PromptSampler, target_indices
 from .samples import Sample, combined_label
 
 
@@ -99,17 +99,23 @@ class SegmentationDataset(_Base):
     Training draws the prompt from one structure of the class (class name, synonym, bank,
     finding or description) and the target is the union of the structures the prompt refers to;
     evaluation (train=False) prompts with the class name, canonical and fixed, and no augmentation.
+    negatives: an image without structures that names classes known absent (`Sample.absent`, a
+    normal breast image: "breast mass") gives one item more, its first such class with an empty
+    target, so validation sees whether the model answers "nothing there" (off by default).
     Item: image (1, S, S) float in [0, 1], mask (1, S, S) float {0, 1}, prompt str, label int
     (0 benign, 1 malignant, -1 unknown), spacing (2,) mm (row, column; NaN if unknown), id str,
-    class_name str, prompt_kind str.
+    class_name str, prompt_kind str, absent bool (the target is empty by design).
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, train: bool, seed: int = 0, *,
                  prompts: PromptSampler | None = None, augment_config: AugmentConfig | None = None,
-                 bank_prompts: Mapping[str, Sequence[str]] | None = None) -> None:
+                 bank_prompts: Mapping[str, Sequence[str]] | None = None, negatives: bool = False) -> None:
         super().__init__(samples, image_size, train, seed,
                          prompts or PromptSampler(bank_prompts=bank_prompts), augment_config)
         self.items = [(i, c) for i, s in enumerate(self.samples) for c in s.classes]
+        if negatives:
+            self.items += [(i, s.absent[0]) for i, s in enumerate(self.samples)
+                           if not s.structures and s.absent]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -123,19 +129,24 @@ class SegmentationDataset(_Base):
         sample, class_name = self.item_info(index)
         rng = self._rng(index)
         structures = sample.structures
-        if self.train:
+        absent = class_name not in sample.classes
+        if absent:  # a negative item: a class the image is known not to hold
+            prompt = self.prompts.sample_absent(class_name, rng) if self.train else \
+                Prompt(class_name, "class", class_name)
+        elif self.train:
             prompt = self.prompts.sample_for_class(structures, class_name, rng)
         else:
             prompt = PromptSampler.canonical(next(s for s in structures if s.class_name == class_name))
         targets = target_indices(prompt, structures)
         prepared, masks, support = self._prepared(sample)
-        target = masks[targets].any(axis=0, keepdims=True)
+        size = self.image_size
+        target = masks[targets].any(axis=0, keepdims=True) if targets else np.zeros((1, size, size), bool)
         image, target = self._augment(prepared.pixels[:1], target, support, rng)
         return {"image": torch.as_tensor(np.asarray(image, np.float32)),
                 "mask": torch.as_tensor(np.asarray(target, np.float32)),
                 "prompt": prompt.text, "label": combined_label([structures[k] for k in targets]),
                 "spacing": _spacing(sample), "id": sample.id, "class_name": class_name,
-                "prompt_kind": prompt.kind}
+                "prompt_kind": prompt.kind, "absent": absent}
 
 
 # Share of a grouped class's prompts that name the group instead ("breast mass" for a benign mass).
@@ -152,8 +163,16 @@ class MultiPromptDataset(_Base):
     group (benign and malignant mass: "breast mass") is now and then prompted by the group's
     texts instead, with every structure of the group as the target.
     Item: image (1, S, S), mask (P, S, S), prompt list of P str, label int (of the first prompt,
-    always a present class), spacing, id, class_name (the first prompt's; a group prompt gives the
-    group's name), absent (P,) bool.
+    a present class unless the image holds none: -1), spacing, id, class_name (the first prompt's;
+    a group prompt gives the group's name), absent (P,) bool.
+
+    Which classes an image lacks: for a sample with `absent` None (phantoms: a closed world),
+    every class of `class_names` it does not hold; for one with an `absent` tuple (real images:
+    an open world), only those (a normal breast image: breast mass, cyst; any breast image:
+    thyroid nodule, fetal head), never a class merely missing from its annotation. A class that
+    names what the image holds under another name (the group "breast mass" on an image of a
+    "benign mass", or the reverse) is never prompted as absent. P is capped by the most classes
+    any image can be prompted with; an image with fewer gets more texts of the same classes.
     """
 
     def __init__(self, samples: Sequence[Sample], image_size: int, prompts_per_image: int = 3,
@@ -170,7 +189,12 @@ class MultiPromptDataset(_Base):
         self.group_rate = float(group_rate)
         self.class_names = sorted(set(class_names or (c for s in self.samples for c in s.classes)))
         # fixed P for every item (they are stacked); a data set of fewer classes caps it
-        self.prompts_per_image = min(int(prompts_per_image), len(self.class_names))
+        most = max([len(self.class_names)] + [len(s.classes) + len(s.absent) for s in self.samples
+                                              if s.absent is not None])
+        if most < 1:
+            raise InputError(None, "no class to prompt: the samples hold no structure and name "
+                                   "no absent class")
+        self.prompts_per_image = min(int(prompts_per_image), most)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -186,6 +210,14 @@ class MultiPromptDataset(_Base):
             return None
         return self.prompts.sample_group(group, rng)
 
+    def _overlaps(self, class_name: str, present: set[str]) -> bool:
+        """Whether `class_name` names (part of) what the image holds under another name: a group
+        and its classes ("breast mass" and "benign mass"), from the prompt banks or KNOWN_GROUPS."""
+        groups = {**KNOWN_GROUPS, **self.prompts.groups}
+        if set(groups.get(class_name, ())) & present:
+            return True
+        return any(name in present for name, members in groups.items() if class_name in members)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         rng = self._rng(index)
@@ -194,11 +226,18 @@ class MultiPromptDataset(_Base):
         rng.shuffle(present)
         chosen = [self._group_prompt(c, rng) or self.prompts.sample_for_class(structures, c, rng)
                   for c in present[:self.prompts_per_image]]
-        absent = [c for c in self.class_names if c not in present]
-        rng.shuffle(absent)
         held = set(present)
+        known = self.class_names if sample.absent is None else sample.absent
+        absent = [c for c in known if c not in held and not self._overlaps(c, held)]
+        rng.shuffle(absent)
         chosen += [self._group_prompt(c, rng, held) or self.prompts.sample_absent(c, rng)
                    for c in absent[:self.prompts_per_image - len(chosen)]]
+        while len(chosen) < self.prompts_per_image:  # fewer classes than P: other texts of them
+            if absent:
+                chosen.append(self.prompts.sample_absent(absent[int(rng.integers(len(absent)))], rng))
+            else:
+                chosen.append(self.prompts.sample_for_class(
+                    structures, present[int(rng.integers(len(present)))], rng))
         prepared, masks, support = self._prepared(sample)
         size = self.image_size
         targets = [target_indices(p, structures) for p in chosen]
@@ -219,7 +258,9 @@ CAPTION_WEIGHTS: dict[Kind, float] = {"description": 0.7, "finding": 0.15, "clas
 class ImageTextDataset(_Base):
     """Items (image, caption) for CLIP-style pretraining, one per image. The caption is drawn
     from one structure (mostly its description); evaluation takes the first structure's
-    description (or its class name). Item: image (1, S, S), text str, label int, id str."""
+    description (or its class name). A sample with image-level `captions` (real images: "ultrasound
+    of a benign breast mass", "breast ultrasound without a lesion") takes one of them instead, the
+    first in evaluation. Item: image (1, S, S), text str, label int, id str."""
 
     def __init__(self, samples: Sequence[Sample], image_size: int, train: bool, seed: int = 0, *,
                  prompts: PromptSampler | None = None, augment_config: AugmentConfig | None = None,
@@ -233,7 +274,12 @@ class ImageTextDataset(_Base):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         rng = self._rng(index)
-        if self.train:
+        if sample.captions:
+            text = sample.captions[int(rng.integers(len(sample.captions)))] if self.train \
+                else sample.captions[0]
+        elif not sample.structures:
+            raise InputError(sample.image_path, "an image without structures needs captions")
+        elif self.train:
             structure = sample.structures[int(rng.integers(len(sample.structures)))]
             text = self.prompts.sample(structure, rng, self.caption_weights).text
         else:
