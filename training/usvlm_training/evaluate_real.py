@@ -579,6 +579,10 @@ def render_md(report: dict[str, Any]) -> str:
     lines += ["## Targets", "", "| target | value | goal | met | n |", "|---|---:|---|---|---:|"]
     for t in s["targets"]:
         lines.append(f"| {t['what']} | {_fmt(t['value'])} | {t['target']} | {_met(t['met'])} | {t['n']} |")
+    lines += ["", "A paraphrase gap says how far a paraphrase's Dice is from the canonical prompt's; "
+                  "it means little while that Dice is far below its own target, and a paraphrase the "
+                  "prompt bank resolves to the canonical entry (see BUSI lesions) has a gap of 0 by "
+                  "construction."]
     lines += ["", f"Split: {d['split_rule']}. Counts: {s['counts']['benign']} benign, "
                   f"{s['counts']['malignant']} malignant, {s['counts']['normal']} normal BUSI image(s); "
                   f"{s['counts']['head']} HC18 image(s).", ""]
