@@ -5,6 +5,7 @@ that every Dice, AUC and circumference is known by hand)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -19,6 +20,7 @@ from skimage.draw import ellipse as draw_ellipse
 from usvlm.engine import Segmenter
 from usvlm.io import read_image
 from usvlm_training import evaluate_real as er
+from usvlm_training.data import open_dataset
 from usvlm_training.metrics import dice
 
 COLUMNS = ("stem", "label", "organ", "source_repo", "source_commit", "source_path", "pixel_spacing_mm",
@@ -118,24 +120,26 @@ def real_dir(tmp_path_factory) -> Path:
 
 # -- split ----------------------------------------------------------------------------------------
 
-def test_split_is_by_group_with_the_hash_rule():
-    digest = hashlib.sha256(b"2026:busi-g0001").digest()
-    assert er.group_fraction("busi-g0001") == int.from_bytes(digest[:8], "big") / 2**64
-    groups = [f"g{i:04d}" for i in range(3000)]
-    items = [er.Item(f"{g}_{k}", "busi", "lesion", "benign", g, Path("x"), Path("y"), None)
-             for g in groups for k in range(2)]
-    val = er.val_groups(items)
-    assert val == {g for g in groups if er.group_fraction(g) < 0.2}
-    assert 0.17 < len(val) / len(groups) < 0.23
-    assert er.val_groups(items, seed=1) != val  # the seed counts
-    # every image of a group lands in the same split; together they are all the images
-    in_val = er.choose(items, "val", er.SPLIT_SEED, None)
-    in_train = er.choose(items, "train", er.SPLIT_SEED, None)
-    assert len(in_val) + len(in_train) == len(items)
-    assert {i.group for i in in_val} == val and not val & {i.group for i in in_train}
+def test_split_is_the_real_layouts(real_dir):
+    for name in ("busi", "hc18"):
+        assignment, skipped = er.layout_splits(real_dir / name, er.SPLIT_SEED)
+        with pytest.warns(UserWarning) if name == "busi" else contextlib.nullcontext():
+            data = open_dataset(real_dir / name, on_error="skip")
+        assert assignment == {i: split for split, ids in data.splits.items() for i in ids}
+        assert set(assignment.values()) == {"train", "val"}
+        items, _ = er.read_folder(real_dir / name)
+        val, train = (er.choose(items, split, assignment, None) for split in ("val", "train"))
+        assert not {i.group for i in val} & {i.group for i in train}  # whole groups
+    # the image that cannot be read is in no split, with the layout's reason
+    assignment, skipped = er.layout_splits(real_dir / "busi", er.SPLIT_SEED)
+    assert "busi_benign_003" not in assignment and "busi_benign_003" in skipped
+    assert er.choose(er.read_folder(real_dir / "busi")[0], "all", assignment, None)[0].id == "busi_benign_001"
     # a limit spreads over the sorted list (first and last kept), never more than asked
-    limited = er.choose(items, "all", er.SPLIT_SEED, 10)
+    items = [er.Item(f"x{k:03d}", "busi", "lesion", "benign", f"g{k}", Path("x"), Path("y"), None)
+             for k in range(100)]
+    limited = er.choose(items, "all", {}, 10)
     assert len(limited) == 10 and limited[0] == items[0] and limited[-1] == items[-1]
+    assert er.choose(items, "val", {"x005": "val"}, None) == [items[5]]
 
 
 # -- geometry -------------------------------------------------------------------------------------
@@ -369,13 +373,14 @@ def test_cli_with_the_tiny_model(real_dir, model_dir, tmp_path):
         assert record["p_malignant"] == pytest.approx(seg.classify(image, result.mask)["malignant"], abs=1e-5)
     assert (out / "real_eval.md").read_text().startswith("# Real-data evaluation: tiny-mona")
     # the val split by default picks whole groups by the hash rule
-    # the val split (the default) is the folder's val groups, images that fail included
-    seed = next(k for k in range(100) if 0 < sum(er.group_fraction(g, k) < 0.2 for _, g, _ in ROWS.values()) < 5)
-    val_report = er.evaluate_real(model_dir, real_dir, tmp_path / "val", seed=seed, device="cpu",
-                                  progress=False, log=lambda m: None, gallery_busi=0, gallery_hc18=0)
-    expected = sorted(s for s, (_, g, _) in ROWS.items() if er.group_fraction(g, seed) < 0.2)
-    got = sorted([r["id"] for r in val_report["per_image"]] + [f["id"] for f in val_report["failures"]])
-    assert got == expected and val_report["data"]["seed"] == seed
+    # the val split (the default) is the real layout's; the unreadable image is in no split
+    val_report = er.evaluate_real(model_dir, real_dir, tmp_path / "val", device="cpu", progress=False,
+                                  log=lambda m: None, gallery_busi=0, gallery_hc18=0)
+    with pytest.warns(UserWarning):
+        expected = sorted(open_dataset(real_dir, on_error="skip").splits["val"])
+    assert sorted(r["id"] for r in val_report["per_image"]) == expected and not val_report["failures"]
+    assert [r["id"] for r in val_report["data"]["unusable_rows"]] == ["busi_benign_003"]
+    assert val_report["data"]["folders"][0]["in_no_split"] == 1
 
 
 def test_bad_inputs(tmp_path, real_dir, model_dir):

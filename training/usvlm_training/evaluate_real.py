@@ -32,12 +32,13 @@ What is measured (the targets, `TARGETS`):
 - cross-organ false positives: the share of images with a non-empty contour for a prompt of
   another organ (reported; the issue sets no target).
 
-Split: whole groups of near-duplicate images go to train or val (`val_groups`, the one place that
-decides; see its notes). Writes `real_eval.json` (per-image numbers, summaries, targets, model
-name and manifest digest, data manifest digests, code revision, date, machine, timings),
-`real_eval.md` (the table of targets and the details) and `gallery/*.png` (best and worst BUSI
-lesions and HC18 heads by Dice: truth green, prediction magenta). An image that fails is recorded
-in `failures`, never fatal.
+Split: the real layout's own (`layout_splits`: `open_dataset(folder, layout="real")`, whole
+groups of near-duplicate images in train or val), so that training and this evaluation agree.
+
+Writes `real_eval.json` (per-image numbers, summaries, targets, model name and manifest digest,
+data manifest digests, code revision, date, machine, timings), `real_eval.md` (the table of
+targets and the details) and `gallery/*.png` (best and worst BUSI lesions and HC18 heads by Dice:
+truth green, prediction magenta). An image that fails is recorded in `failures`, never fatal.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ import numpy as np
 
 from usvlm.errors import InputError, OutputError, USVLMError
 
+from .data.samples import REAL_SPLIT_SEED as SPLIT_SEED
+
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = "usvlm.real_eval/1"
 
@@ -88,33 +91,35 @@ TARGETS = {"busi_lesion_dice": 0.80, "paraphrase_gap": 0.05, "busi_normal_empty"
 
 # -- split: the one place that decides train / val (see val_groups) ------------------------------
 
-SPLIT_SEED = 2026
 VAL_FRACTION = 0.2
 
 
-def split_rule(seed: int = SPLIT_SEED) -> str:
+def split_rule(seed: int) -> str:
     """The split in words, for the report."""
-    return (f"group-aware: sha256('{seed}:<group>'), first 8 bytes as a fraction of 2^64, < "
-            f"{VAL_FRACTION} -> val, else train (seed {seed}); self-contained stand-in for the real "
-            f"layout's split in usvlm_training.data.layouts, to be replaced by it")
+    return (f"the real layout's group-aware split (usvlm_training.data.layouts.group_splits through "
+            f"open_dataset(layout='real')): groups of near-duplicates stratified by organ and labels, "
+            f"ordered by sha256 of (seed, group), the first round({VAL_FRACTION} x n) of each stratum "
+            f"to val; seed {seed}")
 
 
-def group_fraction(group: str, seed: int = SPLIT_SEED) -> float:
-    """A group id's deterministic position in [0, 1): the first 8 bytes of sha256('seed:group')."""
-    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def layout_splits(folder: Path, seed: int) -> tuple[dict[str, str], dict[str, str]]:
+    """THE split decision of this module, the training's own: {id: 'train' | 'val'} from the real
+    layout (`open_dataset(folder, layout='real')`, whole groups only), and {id: why} for the rows
+    that layout skips (those belong to no split)."""
+    import warnings
 
+    from .data import open_dataset
 
-def val_groups(items: Sequence["Item"], seed: int = SPLIT_SEED, val_fraction: float = VAL_FRACTION
-               ) -> set[str]:
-    """The groups of near-duplicate images that form "val" (all of a group's images go together).
-
-    THE one split decision of this module. NOTE: a self-contained stand-in (each group on its own:
-    sha256('seed:group') as a fraction < val_fraction). Another change adds a "real" layout with a
-    group-aware split to `usvlm_training.data.layouts` (`group_splits`); once it is committed,
-    this function must return that layout's val groups, so that training and this evaluation
-    agree on what is held out, and the baseline must be measured again."""
-    return {i.group for i in items if group_fraction(i.group, seed) < val_fraction}
+    with warnings.catch_warnings():  # the skipped rows are returned, not warned about
+        warnings.simplefilter("ignore")
+        data = open_dataset(folder, layout="real", on_error="skip", val_fraction=VAL_FRACTION,
+                            split_seed=seed)
+    assignment = {i: name for name, ids in data.splits.items() for i in ids}
+    skipped: dict[str, str] = {}
+    for message in data.problems:
+        where, _, why = message.partition(": ")
+        skipped.setdefault(where, why)
+    return assignment, skipped
 
 
 # -- the data -------------------------------------------------------------------------------------
@@ -186,11 +191,11 @@ def read_folder(folder: Path) -> tuple[list[Item], list[dict[str, str]]]:
     return sorted(items, key=lambda i: i.id), problems
 
 
-def choose(items: Sequence[Item], split: str, seed: int, limit: int | None) -> list[Item]:
-    """The items of `split` (train, val or all); with `limit`, at most that many, spread evenly
-    over the sorted list so that every label keeps its share."""
-    val = val_groups(items, seed)
-    chosen = [i for i in items if split == "all" or (i.group in val) == (split == "val")]
+def choose(items: Sequence[Item], split: str, assignment: dict[str, str], limit: int | None) -> list[Item]:
+    """The items of `split` (train, val or all) by `assignment` (id -> split; an id it lacks is in
+    no split, only in "all"); with `limit`, at most that many, spread evenly over the sorted list
+    so that every label keeps its share."""
+    chosen = [i for i in items if split == "all" or assignment.get(i.id) == split]
     if limit is not None and len(chosen) > limit:
         picks = np.linspace(0, len(chosen) - 1, limit).round().astype(int)
         chosen = [chosen[k] for k in sorted(set(picks.tolist()))]
@@ -647,7 +652,9 @@ def render_md(report: dict[str, Any]) -> str:
               f"| post-processing | {json.dumps(report['settings']['postprocess'])} |"]
     for f in d["folders"]:
         lines.append(f"| data {f['name']} | {f['path']}: manifest.csv sha256 {f['manifest_sha256']}, "
-                     f"{f['rows']} rows, {f['selected']} in {d['split']} ({f['groups_selected']} groups) |")
+                     f"{f['rows']} rows (train {f['split_sizes']['train']}, val {f['split_sizes']['val']}, "
+                     f"in no split {f['in_no_split']}), {f['selected']} evaluated from {d['split']} "
+                     f"({f['groups_selected']} groups) |")
     lines += [f"| code | {report['code_revision']} |", f"| date | {report['date']} |",
               f"| machine | {report['machine']['platform']}, torch {report['machine']['torch']}, "
               f"{report['machine']['threads']} threads |",
@@ -720,13 +727,19 @@ def evaluate_real(model: str | os.PathLike[str] | None, data: str | os.PathLike[
     folders, chosen, problems = [], [], []
     for folder in data_folders(data):
         items, bad = read_folder(folder)
-        problems += bad
-        picked = choose(items, split, seed, limit)
+        assignment, skipped = layout_splits(folder, seed)
+        # rows the layout skips are in no split: named, and evaluated only with --split all
+        outside = [{"id": i.id, "dataset": folder.name, "error": f"in no split: the real layout skips "
+                    f"it ({skipped.get(i.id, 'reason not given')})"} for i in items if i.id not in assignment]
+        problems += bad + (outside if split != "all" else [])
+        picked = choose(items, split, assignment, limit)
         chosen += picked
         folders.append({"name": folder.name, "path": str(folder.resolve()),
                         "manifest_sha256": sha256_file(folder / "manifest.csv"), "rows": len(items) + len(bad),
-                        "unusable_rows": len(bad), "selected": len(picked),
-                        "groups_selected": len({i.group for i in picked}),
+                        "unusable_rows": len(bad), "in_no_split": len(outside),
+                        "split_sizes": {name: sum(v == name for v in assignment.values())
+                                        for name in ("train", "val")},
+                        "selected": len(picked), "groups_selected": len({i.group for i in picked}),
                         "selected_by_label": {lab: sum(i.label == lab for i in picked)
                                               for lab in sorted({i.label for i in picked})}})
     if not chosen:
