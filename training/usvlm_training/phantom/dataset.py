@@ -23,7 +23,7 @@ from tqdm import tqdm
 from usvlm.io.atomic import default_file_mode
 from usvlm.errors import InputError, OutputError
 
-from .config import DEFAULT_CONFIG, ORGANS, PROBES
+from .config import DEFAULT_CONFIG, ORGANS, PROBES, PhantomConfig
 from .probe import check_size
 from .sample import GENERATOR, VERSION, PhantomSample, generate_sample
 
@@ -137,14 +137,16 @@ def _install(tmp: Path, out: Path) -> None:
 def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int | None = 256,
                   splits: Sequence[float] = (0.8, 0.1, 0.1), progress: bool = True, *,
                   overwrite: bool = False, organ: str | Sequence[str] | None = None,
-                  probe: str | None = None) -> dict:
+                  probe: str | None = None, config: PhantomConfig = DEFAULT_CONFIG) -> dict:
     """Generate `count` phantoms (indices 0..count-1 of series `seed`) into `out_dir`.
 
     organ: one organ, several (taken in turn: image i gets organs[i % len(organs)], e.g. a
     restricted domain "breast and neck"), or None for all, drawn at random.
 
-    size: square side in px, or None for random 256-640 px sides. Returns a summary with the
-    number written, the elapsed time and the throughput (images/s).
+    size: square side in px, or None for random 256-640 px sides. config: the parameter ranges;
+    VARIETY_CONFIG widens the nominal v1 ones (VarietyRanges), for training data that does not
+    teach a model this one renderer. Returns a summary with the number written, the elapsed time
+    and the throughput (images/s).
     """
     out = Path(out_dir).absolute()
     _validate(out, count, size, splits, overwrite, organ, probe)
@@ -160,7 +162,7 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int |
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as jsonl:
             organs = _organs(organ)
             for index in tqdm(range(count), desc="phantoms", unit="img", disable=not progress):
-                sample = generate_sample(seed, index, size=size, probe=probe,
+                sample = generate_sample(seed, index, size=size, probe=probe, config=config,
                                          organ=organs[index % len(organs)] if organs else None)
                 sample_id = f"{index:0{width}d}"
                 record = _record(sample, sample_id, tmp)
@@ -173,6 +175,7 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int, size: int |
         manifest = {"generator": GENERATOR, "version": VERSION, "count": count, "seed": seed,
                     "size": size, "splits": list(splits),
                     "organ": organ if organ is None or isinstance(organ, str) else list(organ), "probe": probe,
+                    "variety": config.variety is not None,
                     "structures": structures,
                     "bbox": "x0, y0, x1, y1 in pixels; x1 and y1 exclusive",
                     "masks": "one binary PNG (0 / 255) per structure, on the image grid"}

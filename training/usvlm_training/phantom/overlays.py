@@ -35,7 +35,8 @@ _GLYPHS = {
 _FONT = {ch: np.array([[c == "#" for c in row] for row in g.split()], bool)
          for ch, g in _GLYPHS.items()}
 
-_PROBE_MODELS = {"linear": ("L12-5", "L15-7", "L9-3", "L14-6"), "convex": ("C5-1", "C6-2", "C9-4")}
+_PROBE_MODELS = {"linear": ("L12-5", "L15-7", "L9-3", "L14-6"), "convex": ("C5-1", "C6-2", "C9-4"),
+                 "phased": ("P4-2", "S5-1", "P7-3")}
 
 
 def text_bitmap(text: str, scale: int = 1) -> np.ndarray:

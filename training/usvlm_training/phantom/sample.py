@@ -1,23 +1,28 @@
-"""One phantom image with its labels: geometry -> tissue -> lesions -> echoes -> display -> overlays."""
+"""One phantom image with its labels: geometry -> tissue -> lesions -> echoes -> display -> overlays.
+
+With `config.variety` (VARIETY_CONFIG) every stage also draws from the wider ranges of
+config.VarietyRanges; without it (SPEC_CONFIG) the random draws, and so the images, are v1's.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from .config import DEFAULT_CONFIG, ORGANS, PROBES, PhantomConfig
-from .formation import beam_envelope, log_compress, sample_acquisition
+from .config import DEFAULT_CONFIG, ORGANS, PROBES, PhantomConfig, uniform
+from .formation import beam_envelope, log_compress, sample_acquisition, vary_acquisition
 from .overlays import draw_overlays
 from .probe import ProbeGeometry, sample_geometry
-from .structures import (KINDS, ORGAN_KINDS, Lesion, Patch, fill, fits_roughly, rasterize,
-                         sample_lesion)
+from .structures import (KINDS, ORGAN_KINDS, Lesion, Patch, fill, fits_outline, fits_roughly,
+                         rasterize, reach_px, sample_lesion)
 from .tissue import Background, make_background
 
 GENERATOR = "USVLM-Phantom v1"
-VERSION = "1.0.0"
+VERSION = "1.1.0"     # 1.1: the variety (domain randomisation, VARIETY_CONFIG); phased arrays
 
 
 @dataclass
@@ -52,14 +57,16 @@ def _check_choice(value, allowed: Sequence[str], name: str) -> None:
 
 
 def _place_lesions(kinds: Sequence[str], background: Background, zone: str,
-                   geometry: ProbeGeometry, rng: np.random.Generator, config: PhantomConfig
-                   ) -> list[tuple[Lesion, Patch]]:
+                   geometry: ProbeGeometry, rng: np.random.Generator, config: PhantomConfig,
+                   large: bool = False) -> list[tuple[Lesion, Patch]]:
     """Rejection-sample lesion positions inside the zone, without overlapping earlier masks.
 
     A lesion that keeps failing shrinks; the first one always finds a place (or the zone is
     empty, which the layer ranges rule out).
     """
     allowed = background.zones[zone] & ndimage.binary_erosion(geometry.fov_mask, iterations=3)
+    if config.variety is not None:
+        return _place_varied(kinds, background, allowed, geometry, rng, config, large)
     occupied = np.zeros(geometry.shape, bool)
     placed: list[tuple[Lesion, Patch]] = []
     for number, kind in enumerate(kinds):
@@ -76,6 +83,90 @@ def _place_lesions(kinds: Sequence[str], background: Background, zone: str,
             if not fits_roughly(lesion, center, geometry, free):
                 continue
             patch = rasterize(lesion, center, geometry)
+            if patch is None:
+                continue
+            window = patch.window
+            if (patch.mask & ~allowed[window]).any() or (patch.mask & occupied[window]).any():
+                continue
+            occupied[window] |= patch.mask
+            fill(lesion, patch, geometry, rng, config.structures)
+            placed.append((lesion, patch))
+            break
+    return placed
+
+
+def _clearance(free: np.ndarray, axis: int) -> np.ndarray:
+    """Cells from each cell to the nearest non-free cell (or the border) along `axis`, the
+    nearer side of the two."""
+    n = free.shape[axis]
+    index = np.arange(n).reshape((-1, 1) if axis == 0 else (1, -1))
+    blocked = np.where(free, -1, index)
+    before = index - np.maximum.accumulate(blocked, axis=axis)
+    blocked_rev = np.where(np.flip(free, axis), -1, index)
+    after = np.flip(index - np.maximum.accumulate(blocked_rev, axis=axis), axis)
+    return np.minimum(before, after)
+
+
+def _extents(lesion: Lesion, spacing_mm: float) -> tuple[float, float, float]:
+    """(inscribed radius of the smallest possible outline, half extents of the unperturbed
+    ellipse along the image column and along the row), in px: what should be free around a
+    centre."""
+    shrink = 0.9 * max(1 - sum(abs(amp) for _, amp, _ in lesion.harmonics), 0.3)
+    a, b = lesion.width_mm / 2 / spacing_mm, lesion.height_mm / 2 / spacing_mm
+    c, s = math.cos(lesion.tilt), math.sin(lesion.tilt)
+    vertical = 1 / math.sqrt((s / a) ** 2 + (c / b) ** 2)
+    horizontal = 1 / math.sqrt((c / a) ** 2 + (s / b) ** 2)
+    return shrink * min(a, b), 0.95 * vertical, 0.95 * horizontal
+
+
+def _place_varied(kinds: Sequence[str], background: Background, allowed: np.ndarray,
+                  geometry: ProbeGeometry, rng: np.random.Generator, config: PhantomConfig,
+                  large: bool) -> list[tuple[Lesion, Patch]]:
+    """Placement for the variety, built for large lesions: centres are drawn only where the free
+    zone is deep enough (distance and vertical / horizontal clearance maps on a coarse grid) for
+    the lesion's smallest outline; a lesion that fits nowhere, or keeps failing, shrinks.
+    `large`: the first lesion is drawn to cover a share of the field of view."""
+    variety = config.variety
+    s = geometry.spacing_mm
+    fov_area_mm2 = float(geometry.fov_mask.sum()) * s * s
+    step = max(1, min(geometry.shape) // 64)
+    occupied = np.zeros(geometry.shape, bool)
+    placed: list[tuple[Lesion, Patch]] = []
+    for number, kind in enumerate(kinds):
+        area = uniform(rng, variety.large_area_fraction) * fov_area_mm2 if large and number == 0 else None
+        lesion = sample_lesion(kind, rng, config.structures, background.reference_echo, variety, area)
+        free = allowed & ~occupied
+        coarse = free[::step, ::step]
+        if not coarse.any():
+            break
+        depth_px = ndimage.distance_transform_edt(coarse) * step
+        column_px, row_px = _clearance(coarse, 0) * step, _clearance(coarse, 1) * step
+        template, attempts, at_this_size = None, 0, 0
+        while attempts < (80 if number == 0 else 30):
+            radius, vertical, horizontal = _extents(lesion, s)
+            candidates = np.flatnonzero((depth_px >= radius) & (column_px >= vertical)
+                                        & (row_px >= horizontal))
+            if candidates.size == 0 or at_this_size == 6:
+                if max(lesion.width_mm, lesion.height_mm) * 0.9 < 1.5:
+                    break
+                lesion, template, at_this_size = lesion.scaled(0.9), None, 0
+                continue
+            attempts += 1
+            at_this_size += 1
+            row, col = divmod(int(candidates[rng.integers(candidates.size)]), coarse.shape[1])
+            center = (row * step, col * step)
+            if not fits_outline(lesion, center, geometry, free):
+                continue
+            if geometry.kind == "convex":      # the lesion turns with the skin: rasterise here
+                patch = rasterize(lesion, center, geometry, dtype=np.float32)
+            else:                              # the same mask everywhere: rasterise once, move it
+                if template is None:
+                    half = reach_px(lesion, s)
+                    template = rasterize(lesion, (half, half), geometry, (2 * half + 1,) * 2,
+                                         dtype=np.float32)
+                    if template is None:
+                        break
+                patch = template.moved(center, geometry.shape)
             if patch is None:
                 continue
             window = patch.window
@@ -129,7 +220,8 @@ def generate_sample(seed: int, index: int, *, size: int | tuple[int, int] | None
     for kind in kinds or ():
         _check_choice(kind, tuple(KINDS), "kind")
     rng = np.random.default_rng([seed, index])
-    geometry = sample_geometry(rng, size, probe, config.geometry)
+    variety = config.variety
+    geometry = sample_geometry(rng, size, probe, config.geometry, variety)
     if organ is None:
         organ = str(ORGANS[rng.integers(len(ORGANS))]) if not kinds else next(
             o for o in ORGANS if set(kinds) <= set(ORGAN_KINDS[o][0]))
@@ -141,15 +233,24 @@ def generate_sample(seed: int, index: int, *, size: int | tuple[int, int] | None
     elif not set(kinds) <= set(organ_kinds):
         raise ValueError(f"kinds {sorted(set(kinds) - set(organ_kinds))} do not occur in {organ}")
 
-    background = make_background(organ, geometry, rng, config)
+    large = variety is not None and rng.random() < variety.large_probability
+    background = make_background(organ, geometry, rng, config, room=large)
     acquisition = sample_acquisition(rng, config.formation, geometry.beam_range_mm)
-    placed = _place_lesions(kinds, background, zone, geometry, rng, config)
+    if variety is not None:
+        acquisition = vary_acquisition(acquisition, rng, variety)
+    placed = _place_lesions(kinds, background, zone, geometry, rng, config, large)
 
     echo = background.echo.copy()
     masks, structures, parts, posterior = [], [], [], []
+    taken = np.zeros(geometry.shape, bool)
     for lesion, patch in placed:
         region = echo[patch.window]
-        region[patch.mask] = patch.echo[patch.mask]
+        if patch.alpha is None:
+            region[patch.mask] = patch.echo[patch.mask]
+        else:   # soft margin: blend, but never into a lesion placed before
+            alpha = np.where(taken[patch.window] & ~patch.mask, np.float32(0), patch.alpha)
+            region += (patch.echo - region) * alpha
+        taken[patch.window] |= patch.mask
         mask = patch.full(patch.mask, geometry.shape)
         masks.append(mask)
         parts.append({name: patch.full(part, geometry.shape) for name, part in patch.parts.items()})

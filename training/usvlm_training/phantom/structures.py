@@ -50,6 +50,8 @@ class Lesion:
     hilum_echo: float = 0.0         # > 0: echogenic hilum (benign lymph node)
     halo_mm: float = 0.0
     halo_echo: float = 0.0
+    edge_mm: float = 0.0            # > 0: soft margin, the echo blends into the tissue over it
+    texture_mm: float = 0.0         # > 0: grain of the internal heterogeneity (else v1's 0.7 mm)
     attributes: dict = field(default_factory=dict)
 
     @property
@@ -200,9 +202,18 @@ _SAMPLERS = {
 
 
 def sample_lesion(kind: str, rng: np.random.Generator, ranges: StructureRanges,
-                  context_echo: float) -> Lesion:
-    """Draw a lesion of `kind`; `context_echo` is the surrounding tissue (for isoechoic ones)."""
-    lesion = _SAMPLERS[kind](rng, ranges, context_echo)
+                  context_echo: float, variety=None, target_area_mm2: float | None = None
+                  ) -> Lesion:
+    """Draw a lesion of `kind`; `context_echo` is the surrounding tissue (for isoechoic ones).
+
+    With `variety` (config.VarietyRanges) the lesion is drawn from the wider ranges instead, and
+    `target_area_mm2` asks for a large one of about that area.
+    """
+    if variety is not None:
+        from .variety import sample_varied_lesion
+        lesion = sample_varied_lesion(kind, rng, ranges, variety, context_echo, target_area_mm2)
+    else:
+        lesion = _SAMPLERS[kind](rng, ranges, context_echo)
     lesion.attributes["size_mm"] = round(max(lesion.width_mm, lesion.height_mm), 2)
     lesion.attributes["echogenicity"] = round(lesion.echo, 4)
     if lesion.posterior_db:
@@ -218,11 +229,30 @@ class Patch:
     coords: dict[str, np.ndarray]                  # normalised lesion coordinates, for `fill`
     echo: np.ndarray | None = None
     parts: dict[str, np.ndarray] = field(default_factory=dict)
+    alpha: np.ndarray | None = None                # soft margin: blend weight of `echo` (0..1)
 
     def full(self, local: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         out = np.zeros(shape, local.dtype)
         out[self.window] = local
         return out
+
+    def moved(self, center: tuple[int, int], shape: tuple[int, int]) -> "Patch | None":
+        """This patch, rasterised around the middle of its own window, centred on `center` of an
+        image of `shape` (a lesion that does not turn with the skin is the same everywhere);
+        None if part of the mask would fall outside the image."""
+        half_r, half_c = self.mask.shape[0] // 2, self.mask.shape[1] // 2
+        r0, c0 = center[0] - half_r, center[1] - half_c
+        rows = slice(max(r0, 0), min(r0 + self.mask.shape[0], shape[0]))
+        cols = slice(max(c0, 0), min(c0 + self.mask.shape[1], shape[1]))
+        local = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
+        mask = self.mask[local]
+        if rows.stop - rows.start < 3 or cols.stop - cols.start < 3 or mask.sum() != self.area:
+            return None
+        return Patch((rows, cols), mask, {k: v[local] for k, v in self.coords.items()})
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
 
 
 def fits_roughly(lesion: Lesion, center: tuple[int, int], geometry: ProbeGeometry,
@@ -241,20 +271,60 @@ def fits_roughly(lesion: Lesion, center: tuple[int, int], geometry: ProbeGeometr
     return bool(inside.all() and free[rows, cols].all())
 
 
-def rasterize(lesion: Lesion, center: tuple[int, int], geometry: ProbeGeometry) -> Patch | None:
-    """Mask of a lesion centred on a pixel (echo and parts come later, in `fill`); None if tiny."""
+def fits_outline(lesion: Lesion, center: tuple[int, int], geometry: ProbeGeometry,
+                 free: np.ndarray, points: int = 48) -> bool:
+    """Stricter pre-check than `fits_roughly`: points on the perturbed boundary itself and the
+    spike tips must all lie on free pixels (rasterising a large lesion costs far more)."""
     s = geometry.spacing_mm
+    a, b = lesion.width_mm / 2, lesion.height_mm / 2
+    theta = lesion.tilt + geometry.skin_angle(*center)
+    psi = np.linspace(0, 2 * np.pi, points, endpoint=False)
+    radius = np.ones(points)
+    for k, amp, phase in lesion.harmonics:
+        radius += amp * np.cos(k * psi + phase)
+    if lesion.spikes:
+        angles = np.array([angle for angle, _ in lesion.spikes])
+        tips = np.ones(angles.size)
+        for k, amp, phase in lesion.harmonics:
+            tips += amp * np.cos(k * angles + phase)
+        tips *= 1 + np.array([length for _, length in lesion.spikes])
+        psi, radius = np.concatenate([psi, angles]), np.concatenate([radius, tips])
+    u, v = 0.97 * radius * np.cos(psi), 0.97 * radius * np.sin(psi)
+    dx = (a * u * math.cos(theta) + b * v * math.sin(theta)) / s
+    dy = (-a * u * math.sin(theta) + b * v * math.cos(theta)) / s
+    rows, cols = np.rint(center[0] + dy).astype(int), np.rint(center[1] + dx).astype(int)
+    inside = (rows >= 0) & (rows < free.shape[0]) & (cols >= 0) & (cols < free.shape[1])
+    return bool(inside.all() and free[rows, cols].all())
+
+
+def reach_px(lesion: Lesion, spacing_mm: float) -> int:
+    """Half the side of the window a lesion is rasterised in (px)."""
     a, b = lesion.width_mm / 2, lesion.height_mm / 2
     reach = 1 + sum(abs(amp) for _, amp, _ in lesion.harmonics) + max(
         (length for _, length in lesion.spikes), default=0)
-    half = math.ceil(max(a, b) * reach / s) + 2
+    half = math.ceil(max(a, b) * reach / spacing_mm) + 2
+    if lesion.edge_mm:
+        half += math.ceil(lesion.edge_mm / spacing_mm)
+    return half
+
+
+def rasterize(lesion: Lesion, center: tuple[int, int], geometry: ProbeGeometry,
+              bounds: tuple[int, int] | None = None, dtype=np.float64) -> Patch | None:
+    """Mask of a lesion centred on a pixel (echo and parts come later, in `fill`); None if tiny.
+
+    bounds: the grid it is clipped to (default: the image); dtype: of the coordinates (v1 used
+    float64; float32 is twice as fast for the variety's large lesions)."""
+    s = geometry.spacing_mm
+    a, b = lesion.width_mm / 2, lesion.height_mm / 2
+    half = reach_px(lesion, s)
+    bounds = bounds or geometry.shape
     r0, c0 = center
-    rows = slice(max(r0 - half, 0), min(r0 + half + 1, geometry.shape[0]))
-    cols = slice(max(c0 - half, 0), min(c0 + half + 1, geometry.shape[1]))
+    rows = slice(max(r0 - half, 0), min(r0 + half + 1, bounds[0]))
+    cols = slice(max(c0 - half, 0), min(c0 + half + 1, bounds[1]))
     if rows.stop - rows.start < 3 or cols.stop - cols.start < 3:
         return None
-    dy = ((np.arange(rows.start, rows.stop) - r0) * s)[:, None]
-    dx = ((np.arange(cols.start, cols.stop) - c0) * s)[None, :]
+    dy = ((np.arange(rows.start, rows.stop) - r0) * s)[:, None].astype(dtype, copy=False)
+    dx = ((np.arange(cols.start, cols.stop) - c0) * s)[None, :].astype(dtype, copy=False)
     theta = lesion.tilt + geometry.skin_angle(r0, c0)
     # Normalised coordinates: the unperturbed lesion is the unit circle.
     un = (dx * math.cos(theta) - dy * math.sin(theta)) / a      # along the skin
@@ -265,16 +335,42 @@ def rasterize(lesion: Lesion, center: tuple[int, int], geometry: ProbeGeometry) 
         boundary += amp * np.cos(k * psi + phase)
     body = rho <= boundary
     mean_radius = (a + b) / 2
+    widest = 1 + sum(abs(amp) for _, amp, _ in lesion.harmonics)
     for angle, length in lesion.spikes:
         # Thin tapering spike along direction `angle`: distance to its axis and position along it.
-        across = np.abs(vn * math.cos(angle) - un * math.sin(angle)) * mean_radius
-        ahead = un * math.cos(angle) + vn * math.sin(angle) > 0
-        t = (rho / boundary - 1) / length
+        # Only evaluated in a box around the spike's axis (it is thin and the window is large).
+        box = _spike_box(angle, widest * (1 + length), max(0.8 * s, 0.2) / mean_radius,
+                         a, b, theta, s, (r0 - rows.start, c0 - cols.start), body.shape)
+        if box is None:
+            continue
+        u, v, rb = un[box], vn[box], rho[box] / boundary[box]
+        across = np.abs(v * math.cos(angle) - u * math.sin(angle)) * mean_radius
+        ahead = u * math.cos(angle) + v * math.sin(angle) > 0
+        t = (rb - 1) / length
         half_width = max(0.8 * s, 0.2) * (1 - np.clip(t, 0, 1))
-        body |= ahead & (t >= -0.2) & (t <= 1) & (across <= half_width)
+        body[box] |= ahead & (t >= -0.2) & (t <= 1) & (across <= half_width)
     if body.sum() < 9:
         return None
     return Patch((rows, cols), body, {"rho": rho / boundary, "un": un, "vn": vn})
+
+
+def _spike_box(angle: float, along: float, across: float, a: float, b: float, theta: float,
+               s: float, center: tuple[int, int], shape: tuple[int, int]
+               ) -> tuple[slice, slice] | None:
+    """Window rows / columns (a bounding box, 2 px margin) of the normalised-coordinate strip
+    0 <= along-axis <= `along`, |across-axis| <= `across` in direction `angle`."""
+    ca, sa = math.cos(angle), math.sin(angle)
+    corners_u = np.array([0, along, along, 0]) * ca - np.array([-across, -across, across, across]) * sa
+    corners_v = np.array([0, along, along, 0]) * sa + np.array([-across, -across, across, across]) * ca
+    # Normalised (u, v) -> offsets in pixels: the inverse of the map in `rasterize`.
+    dx = (a * corners_u * math.cos(theta) + b * corners_v * math.sin(theta)) / s
+    dy = (-a * corners_u * math.sin(theta) + b * corners_v * math.cos(theta)) / s
+    r_lo, r_hi = max(int(math.floor(center[0] + dy.min())) - 2, 0), int(math.ceil(center[0] + dy.max())) + 3
+    c_lo, c_hi = max(int(math.floor(center[1] + dx.min())) - 2, 0), int(math.ceil(center[1] + dx.max())) + 3
+    r_hi, c_hi = min(r_hi, shape[0]), min(c_hi, shape[1])
+    if r_lo >= r_hi or c_lo >= c_hi:
+        return None
+    return slice(r_lo, r_hi), slice(c_lo, c_hi)
 
 
 def fill(lesion: Lesion, patch: Patch, geometry: ProbeGeometry, rng: np.random.Generator,
@@ -285,11 +381,14 @@ def fill(lesion: Lesion, patch: Patch, geometry: ProbeGeometry, rng: np.random.G
     rel, un, vn = patch.coords["rho"], patch.coords["un"], patch.coords["vn"]
     echo = np.full(body.shape, lesion.echo, np.float32)
     if lesion.heterogeneity:
-        echo *= 1 + lesion.heterogeneity * smooth_noise(body.shape, max(0.7 / s, 1.5), rng)
+        grain = max((lesion.texture_mm or 0.7) / s, 1.5)
+        echo *= 1 + lesion.heterogeneity * smooth_noise(body.shape, grain, rng)
     if lesion.halo_mm:
         halo = body & (rel >= 1 - lesion.halo_mm / ((lesion.width_mm + lesion.height_mm) / 4))
         echo[halo] = lesion.halo_echo
         patch.parts["halo"] = halo
+        if lesion.edge_mm:
+            echo[~body] = lesion.halo_echo      # the soft margin fades from the halo outwards
     if lesion.hilum_echo:
         # Eccentric echogenic centre, elongated along the node's long axis.
         scale_u, scale_v = rng.uniform(0.45, 0.6), rng.uniform(0.28, 0.4)
@@ -302,6 +401,16 @@ def fill(lesion: Lesion, patch: Patch, geometry: ProbeGeometry, rng: np.random.G
         echo[dots] = 1.0
         patch.parts["calcifications"] = dots
     patch.echo = np.clip(echo, 0.005, 1.0)
+    if lesion.edge_mm:
+        # Signed distance to the margin along the ray from the centre (mm, > 0 inside): the echo
+        # is half-way between lesion and tissue on the mask's boundary.
+        a, b = lesion.width_mm / 2, lesion.height_mm / 2
+        radius_mm = np.hypot(un * a, vn * b)
+        inside_mm = radius_mm * (1 / np.maximum(rel, 1e-3) - 1)
+        alpha = np.clip(0.5 + inside_mm / lesion.edge_mm, 0.0, 1.0)
+        alpha[body] = np.maximum(alpha[body], 0.6)       # spikes stay visible
+        alpha[~body] = np.minimum(alpha[~body], 0.45)
+        patch.alpha = alpha.astype(np.float32)
 
 
 def _calcifications(inner: np.ndarray, count: int, rng: np.random.Generator,

@@ -2,6 +2,8 @@
 
 Layers follow the skin, i.e. they are defined in (along-skin, depth-below-skin) coordinates, so
 they bend with a convex probe's face. Each background also says where lesions may sit (zones).
+With the variety on, each layer's echo is jittered, the texture ranges are wider, and a background
+can leave room for a large lesion (thinner fat, thicker gland / thyroid lobe, less muscle).
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ class Background:
 class _Layers:
     """Builds a map by painting layers from the skin down."""
 
-    def __init__(self, geometry: ProbeGeometry, rng: np.random.Generator) -> None:
+    def __init__(self, geometry: ProbeGeometry, rng: np.random.Generator,
+                 jitter_db: float = 0.0) -> None:
         self.rng = rng
+        self.jitter_db = jitter_db
         self.lateral, self.depth = geometry.tissue_coords
         self.spacing = geometry.spacing_mm
         self.echo = np.zeros(geometry.shape, np.float32)
@@ -75,8 +79,12 @@ class _Layers:
         self.masks: dict[str, np.ndarray] = {}
 
     def paint(self, name: str, echo: float, top_mm: float, wave_mm: float = 0.0,
-              striation: float = 0.0) -> None:
-        """Layer from `top_mm` (undulating by `wave_mm`) down to whatever is painted next."""
+              striation: float = 0.0) -> float:
+        """Layer from `top_mm` (undulating by `wave_mm`) down to whatever is painted next.
+
+        Returns the layer's echo (jittered when the variety asks for it)."""
+        if self.jitter_db:
+            echo = float(echo * 10 ** (self.rng.uniform(-self.jitter_db, self.jitter_db) / 20))
         top = _wavy_boundary(self.lateral, top_mm, wave_mm, self.rng) if wave_mm else top_mm
         inside = self.depth >= top
         value = np.full(self.echo.shape, echo, np.float32)
@@ -92,6 +100,7 @@ class _Layers:
             other &= ~inside
         self.masks[name] = inside.copy()
         self.meta.append({"name": name, "echo": round(echo, 3), "top_mm": round(top_mm, 2)})
+        return echo
 
     def line(self, echo: float, at_mm: float, thickness_mm: float) -> None:
         """A thin bright interface (fascia) at a depth."""
@@ -103,44 +112,50 @@ class _Layers:
                                       iterations=max(1, round(margin_mm / self.spacing)))
 
 
-def _breast(layers: _Layers, rng: np.random.Generator, depth: float) -> tuple[dict, float]:
+def _breast(layers: _Layers, rng: np.random.Generator, depth: float, room: bool = False
+            ) -> tuple[dict, float]:
     skin = uniform(rng, (1.0, 2.0))
-    fat = skin + uniform(rng, (3.0, 8.0))
+    fat = skin + uniform(rng, (1.0, 4.0) if room else (3.0, 8.0))
     gland_echo = uniform(rng, (0.6, 0.72))
     layers.paint("skin", uniform(rng, (0.85, 0.95)), 0.0)
     layers.paint("fat", uniform(rng, (0.3, 0.42)), skin)
-    layers.paint("gland", gland_echo, fat, wave_mm=uniform(rng, (1.0, 3.0)))
-    if rng.random() < 0.6:
-        muscle = uniform(rng, (0.78, 0.92)) * depth
+    gland_echo = layers.paint("gland", gland_echo, fat, wave_mm=uniform(rng, (1.0, 3.0)))
+    if rng.random() < (0.25 if room else 0.6):
+        muscle = uniform(rng, (0.88, 0.95) if room else (0.78, 0.92)) * depth
         layers.paint("muscle", uniform(rng, (0.4, 0.5)), muscle, striation=0.3)
         layers.line(uniform(rng, (0.8, 0.9)), muscle, uniform(rng, (0.4, 0.8)))
     return {"gland": layers.zone("gland", 1.0)}, gland_echo
 
 
-def _thyroid(layers: _Layers, rng: np.random.Generator, depth: float) -> tuple[dict, float]:
+def _thyroid(layers: _Layers, rng: np.random.Generator, depth: float, room: bool = False
+             ) -> tuple[dict, float]:
     skin = uniform(rng, (1.0, 1.5))
     fat = skin + uniform(rng, (1.0, 3.0))
-    strap = fat + uniform(rng, (2.0, 5.0))
+    strap = fat + uniform(rng, (1.5, 3.0) if room else (2.0, 5.0))
     lobe_echo = uniform(rng, (0.62, 0.75))
-    lobe_bottom = strap + min(uniform(rng, (12.0, 20.0)), 0.8 * depth - strap)
+    # A large nodule enlarges its lobe.
+    lobe_bottom = strap + (min(uniform(rng, (18.0, 32.0)), 0.9 * depth - strap) if room
+                           else min(uniform(rng, (12.0, 20.0)), 0.8 * depth - strap))
     layers.paint("skin", uniform(rng, (0.85, 0.95)), 0.0)
     layers.paint("fat", uniform(rng, (0.3, 0.4)), skin)
     layers.paint("strap muscle", uniform(rng, (0.4, 0.5)), fat, striation=0.25)
-    layers.paint("thyroid", lobe_echo, strap, wave_mm=uniform(rng, (0.5, 1.5)))
+    lobe_echo = layers.paint("thyroid", lobe_echo, strap, wave_mm=uniform(rng, (0.5, 1.5)))
     layers.line(uniform(rng, (0.75, 0.85)), strap, 0.4)
     layers.paint("deep muscle", uniform(rng, (0.38, 0.48)), lobe_bottom, wave_mm=1.5, striation=0.2)
     return {"thyroid": layers.zone("thyroid", 0.6)}, lobe_echo
 
 
-def _neck(layers: _Layers, rng: np.random.Generator, depth: float) -> tuple[dict, float]:
+def _neck(layers: _Layers, rng: np.random.Generator, depth: float, room: bool = False
+          ) -> tuple[dict, float]:
     skin = uniform(rng, (1.0, 2.0))
-    fat = skin + uniform(rng, (2.0, 5.0))
-    muscle_bottom = fat + uniform(rng, (5.0, 10.0))
+    fat = skin + uniform(rng, (1.0, 3.0) if room else (2.0, 5.0))
+    muscle_bottom = fat + uniform(rng, (2.5, 5.0) if room else (5.0, 10.0))
     deep_echo = uniform(rng, (0.52, 0.62))
     layers.paint("skin", uniform(rng, (0.85, 0.95)), 0.0)
     layers.paint("fat", uniform(rng, (0.3, 0.4)), skin)
     layers.paint("muscle", uniform(rng, (0.4, 0.5)), fat, wave_mm=1.0, striation=0.3)
-    layers.paint("deep tissue", deep_echo, muscle_bottom, wave_mm=uniform(rng, (1.0, 3.0)))
+    deep_echo = layers.paint("deep tissue", deep_echo, muscle_bottom,
+                             wave_mm=uniform(rng, (1.0, 3.0)))
     layers.line(uniform(rng, (0.75, 0.85)), muscle_bottom, 0.5)
     return {"deep": layers.zone("deep tissue", 1.0)}, deep_echo
 
@@ -149,12 +164,18 @@ _ORGANS = {"breast": _breast, "thyroid": _thyroid, "neck": _neck}
 
 
 def make_background(organ: str, geometry: ProbeGeometry, rng: np.random.Generator,
-                    config: PhantomConfig) -> Background:
-    layers = _Layers(geometry, rng)
-    zones, reference = _ORGANS[organ](layers, rng, geometry.beam_range_mm)
-    sigma_px = uniform(rng, config.texture_sigma_mm) / geometry.spacing_mm
+                    config: PhantomConfig, room: bool = False) -> Background:
+    """The organ's layered echogenicity; `room` (variety only): leave room for a large lesion."""
+    variety = config.variety
+    layers = _Layers(geometry, rng, variety.layer_jitter_db if variety else 0.0)
+    builder = _ORGANS[organ]
+    zones, reference = (builder(layers, rng, geometry.beam_range_mm, room) if room
+                        else builder(layers, rng, geometry.beam_range_mm))
+    sigma_mm, amplitude = ((config.texture_sigma_mm, config.texture_amplitude) if variety is None
+                           else (variety.texture_sigma_mm, variety.texture_amplitude))
+    sigma_px = uniform(rng, sigma_mm) / geometry.spacing_mm
     texture = smooth_noise(geometry.shape, sigma_px, rng)
-    echo = layers.echo * (1 + uniform(rng, config.texture_amplitude) * texture)
+    echo = layers.echo * (1 + uniform(rng, amplitude) * texture)
     fov = geometry.fov_mask
     zones = {name: zone & fov for name, zone in zones.items()}
     return Background(np.clip(echo, 0, 1).astype(np.float32), zones, reference, layers.meta)
